@@ -51,3 +51,9 @@ def top_next_tokens(model, prompt: str, k: int = 5, *, prepend_bos: bool = PREPE
     probs = next_token_probs(model, prompt, prepend_bos=prepend_bos)
     top = probs.topk(k)
     return [(model.to_single_str_token(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def answer_probability(model, prompt: str, answer: str, *, prepend_bos: bool = PREPEND_BOS) -> float:
+    """Probability that the next token after `prompt` is the single token `answer`."""
+    answer_id = single_token_id(model, answer)
+    return float(next_token_probs(model, prompt, prepend_bos=prepend_bos)[answer_id])

@@ -1,0 +1,28 @@
+"""Exercise checkers, one module per notebook: `load_checks("00_setup").check_<exercise>(fn)`.
+
+Importing this package captures the trusted primitives the checkers rely on (see `_trust`).
+`load_checks` executes the notebook's checker module afresh from its file on every call, so a
+student who rebinds a checker function in the notebook does not change what the test cells run.
+"""
+
+from __future__ import annotations
+
+import types
+
+from course_lib.checks import _trust
+
+NOTEBOOK_CHECKS = {
+    "00_setup": "checks.nb00_setup",
+}
+
+
+def load_checks(notebook: str) -> types.ModuleType:
+    """A fresh copy of the checker module for `notebook` (e.g. "00_setup")."""
+    if notebook not in NOTEBOOK_CHECKS:
+        raise KeyError(f"No checks for notebook {notebook!r}; known: {sorted(NOTEBOOK_CHECKS)}.")
+    dotted = NOTEBOOK_CHECKS[notebook]
+    _trust._private_modules.pop(dotted, None)  # re-executed from disk on every load
+    return _trust.private_module(dotted)
+
+
+__all__ = ["load_checks", "NOTEBOOK_CHECKS"]

