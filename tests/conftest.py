@@ -1,0 +1,38 @@
+"""Shared fixtures. The whole suite runs with sockets disabled (see pyproject addopts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def course_root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def toy2():
+    from course_lib.models import load_toy
+
+    return load_toy("attn-only-2l")
+
+
+@pytest.fixture(scope="session")
+def toy1():
+    from course_lib.models import load_toy
+
+    return load_toy("attn-only-1l")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The offline SmolLM2 from the user cache (built on first use)."""
+    from course_lib.models import load_model
+
+    torch.set_grad_enabled(True)
+    return load_model()
