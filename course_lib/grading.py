@@ -325,11 +325,25 @@ def autograde_class(
             out.mkdir(parents=True, exist_ok=True)
             (out / "integrity.json").write_text(json.dumps([f.__dict__ for f in flags], indent=1))
         print(f"{student}: {status[student]}", flush=True)
+    _save_status(root, assignment, status)
     api = nbgrader_api(root)
     for student, state in status.items():
         if state.startswith("ok"):
             api.generate_feedback(assignment, student, force=True)
     return status
+
+
+def _status_file(root: Path, assignment: str) -> Path:
+    return root / "autograded" / f"status_{assignment}.json"
+
+
+def _save_status(root: Path, assignment: str, status: dict[str, str]) -> None:
+    """Merge this run's per-student outcome into autograded/status_<assignment>.json."""
+    path = _status_file(root, assignment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous.update(status)
+    path.write_text(json.dumps(previous, indent=1, sort_keys=True))
 
 
 def _run_with_deadline(cmd: list[str], timeout_s: float) -> tuple[int | None, str]:
@@ -362,12 +376,22 @@ def export_grades(root: Path, assignment: str, out_csv: Path) -> Path:
 
     root = Path(root)
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
-        students = sorted(s.id for s in gb.students)
+        students = {s.id for s in gb.students}
+    status_path = _status_file(root, assignment)
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    # A submission whose grading crashed or timed out may be missing from the gradebook: it
+    # still gets a row (with zeros), never silently dropped.
+    students = sorted(students | set(status))
     rows = []
-    header: list[str] = ["student", "total", "max_total"]
+    header: list[str] = ["student", "total", "max_total", "status"]
     for student in students:
         results = read_results(root, assignment, student)
-        row = {"student": student, "total": sum(r.score for r in results), "max_total": sum(r.max_score for r in results)}
+        row = {
+            "student": student,
+            "total": sum(r.score for r in results),
+            "max_total": sum(r.max_score for r in results),
+            "status": status.get(student, "graded outside `course autograde`"),
+        }
         for r in results:
             row[r.notebook] = r.score
             for t in r.tests:
