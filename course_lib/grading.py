@@ -307,8 +307,9 @@ def autograde_class(
     submitted = root / "submitted"
     if not submitted.is_dir():
         raise FileNotFoundError(f"No submissions: {submitted} does not exist (submitted/<student>/{assignment}/).")
-    if not (root / "gradebook.db").exists():
-        release(root, assignment)  # the gradebook learns the source cells from generate_assignment
+    # The gradebook learns the source cells (and hidden tests) from generate_assignment: run it
+    # every time so grading always uses the current solutions/ (the release is deterministic).
+    release(root, assignment)
     everyone = sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir())
     status = {}
     for student in students or everyone:

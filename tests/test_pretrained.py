@@ -63,9 +63,12 @@ def test_cache_is_built_once_reused_and_rebuilt_when_corrupt(tmp_path, monkeypat
     with torch.no_grad():
         torch.testing.assert_close(second(tokens), first(tokens))
 
+    # An interrupted copy: truncated weights. Written as a new file and moved into place, because
+    # the models loaded above memory-map the old one (truncating a mapped file in place is SIGBUS).
     weights = pretrained.smollm2_cache_path() / "model.safetensors"
-    with weights.open("r+b") as f:  # an interrupted copy: truncated weights
-        f.truncate(1000)
+    partial = weights.with_suffix(".tmp")
+    partial.write_bytes(weights.read_bytes()[:1000])
+    partial.replace(weights)
     assert not pretrained.is_cache_complete(pretrained.smollm2_cache_path())
     with pytest.warns(UserWarning, match="incomplete or corrupt"):
         third = load_model()
