@@ -83,10 +83,8 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
     student_nb = root / "notebooks" / ASSIGNMENT / "00_setup.ipynb"
     sub = lambda student: root / "submitted" / student / ASSIGNMENT / "00_setup.ipynb"
 
-    sub("alice").parent.mkdir(parents=True)
-    shutil.copy(solution, sub("alice"))  # full marks
-    sub("bob").parent.mkdir(parents=True)
-    shutil.copy(student_nb, sub("bob"))  # handed in untouched: zero, and must run to the end
+    shutil.copytree(solution.parent, sub("alice").parent)  # every solution notebook: full marks
+    shutil.copytree(student_nb.parent, sub("bob").parent)  # the release untouched: zero, runs to the end
     _edit_answer(  # rebinds the checker and calls the reference: no points, flagged
         student_nb, "resid_after_layer",
         "import course_lib.checks, course_lib.activations\n"
@@ -107,7 +105,9 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
 
     rows = {r["student"]: r for r in csv.DictReader(export_grades(root, ASSIGNMENT, root / "grades.csv").open())}
     assert set(rows) == {"alice", "bob", "carol", "dave", "eve"}, "every submission gets a row"
-    assert float(rows["alice"]["total"]) == 6.0 == float(rows["alice"]["max_total"])
+    n_notebooks = len(list(solution.parent.glob("*.ipynb")))
+    assert float(rows["alice"]["total"]) == float(rows["alice"]["max_total"]) > 6.0
+    assert all(float(rows["alice"][nb.stem]) > 0 for nb in solution.parent.glob("*.ipynb"))
     assert float(rows["bob"]["total"]) == 0.0
     assert float(rows["carol"]["00_setup:test_resid_after_layer"]) == 0.0
     assert float(rows["carol"]["00_setup:test_resid_after_layer_hidden"]) == 0.0
@@ -116,12 +116,14 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
     assert float(rows["eve"]["total"]) == 0.0
 
     # The untouched release ran to the end: errors only in test cells.
-    graded = nbformat.read(root / "autograded" / "bob" / ASSIGNMENT / "00_setup.ipynb", as_version=4)
-    for cell in graded.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        if not meta.get("grade"):
-            assert not errors, f"release crashed outside a test cell: {cell.source[:80]!r}"
+    graded_notebooks = sorted((root / "autograded" / "bob" / ASSIGNMENT).glob("*.ipynb"))
+    assert len(graded_notebooks) == n_notebooks
+    for path in graded_notebooks:
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if not meta.get("grade"):
+                assert not errors, f"{path.name}: release crashed outside a test cell: {cell.source[:80]!r}"
     assert (root / "feedback" / "alice" / ASSIGNMENT / "00_setup.html").exists()
     flags = json.loads((root / "autograded" / "carol" / ASSIGNMENT / "integrity.json").read_text())
     assert any("course_lib" in f["reason"] for f in flags)

@@ -13,6 +13,7 @@ from course_lib.checks import _trust
 
 NOTEBOOK_CHECKS = {
     "00_setup": "checks.nb00_setup",
+    "02_early_decoding": "checks.nb02_early_decoding",
 }
 
 

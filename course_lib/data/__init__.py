@@ -1,0 +1,1 @@
+"""Text and prompt sets written for this course (no downloads)."""

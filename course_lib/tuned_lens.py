@@ -1,0 +1,139 @@
+"""A tuned lens (Belrose et al. 2023): one learned affine translator per layer before the unembedding.
+
+The logit lens assumes every layer speaks the final layer's "language". Early layers do not, so
+the logit lens is biased there. A tuned lens learns, for each layer l, an affine map
+h -> h + h A_l + b_l (identity at initialisation) such that final_norm_and_unembed of the mapped
+stream matches the model's final distribution, minimising KL(final || translated).
+
+Training here is sized for a CPU: residuals of a small corpus are collected once, and the KL is
+computed over the vocabulary subset that carries the final distributions' mass on that corpus
+(renormalised on both sides); evaluation always uses the full vocabulary. The trained translators
+are cached next to the model cache, never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from course_lib.activations import resid_stack
+from course_lib.lens import _single_prompt_tokens, final_norm_and_unembed
+from course_lib.tokens import PREPEND_BOS
+
+
+class TunedLens(nn.Module):
+    """Per-layer translators for layers 0..n_layers-1 (the final layer needs none)."""
+
+    def __init__(self, n_layers: int, d_model: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(n_layers, d_model, d_model))
+        self.b = nn.Parameter(torch.zeros(n_layers, d_model))
+
+    def forward(self, stack: Float[Tensor, "layer_plus_1 ... d_model"]) -> Float[Tensor, "layer_plus_1 ... d_model"]:
+        """Translate a residual stack [n_layers + 1, ..., d_model]; the last slice is unchanged."""
+        early = stack[:-1]
+        shape = early.shape
+        flat = early.reshape(shape[0], -1, shape[-1])
+        translated = flat + torch.einsum("lnd,lde->lne", flat, self.A) + self.b[:, None]
+        return torch.cat([translated.reshape(shape), stack[-1:]])
+
+
+def collect_residuals(model, texts, *, prepend_bos: bool = PREPEND_BOS) -> Float[Tensor, "layer_plus_1 n_tokens d_model"]:
+    """Residual stacks of every position of every text (the start token left out), concatenated."""
+    chunks = []
+    with torch.no_grad():
+        for text in texts:
+            tokens = model.to_tokens(text, prepend_bos=prepend_bos)
+            stack = resid_stack(model, tokens)[:, 0]
+            chunks.append(stack[:, 1:] if prepend_bos else stack)
+    return torch.cat(chunks, dim=1)
+
+
+def train_tuned_lens(
+    model,
+    texts,
+    *,
+    steps: int = 100,
+    batch_tokens: int = 96,
+    vocab_subset: int = 2048,
+    lr: float = 2e-3,
+    seed: int = 0,
+    prepend_bos: bool = PREPEND_BOS,
+    progress: bool = True,
+) -> TunedLens:
+    """Fit the translators by Adam on KL(final || translated), all layers at once."""
+    stack = collect_residuals(model, texts, prepend_bos=prepend_bos)  # [L+1, N, d]
+    with torch.no_grad():
+        final_logits = final_norm_and_unembed(model, stack[-1])  # [N, V]
+        mass = final_logits.softmax(dim=-1).sum(dim=0)
+        vocab = mass.topk(min(vocab_subset, mass.numel())).indices
+        target = final_logits[:, vocab].log_softmax(dim=-1)  # [N, V']
+    n_layers, n_tokens = stack.shape[0] - 1, stack.shape[1]
+    lens = TunedLens(n_layers, stack.shape[-1])
+    W_U_sub = model.W_U[:, vocab]
+    optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in tqdm(range(steps), desc="training the tuned lens", disable=not progress):
+        idx = torch.randint(n_tokens, (min(batch_tokens, n_tokens),), generator=generator)
+        translated = lens(stack[:, idx])[:-1]  # [L, B, d]
+        normed = model.ln_final(translated) if hasattr(model, "ln_final") else translated
+        log_probs = (normed @ W_U_sub).log_softmax(dim=-1)
+        tgt = target[idx]
+        loss = (tgt.exp() * (tgt - log_probs)).sum(dim=-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    lens.eval()
+    for param in lens.parameters():
+        param.requires_grad_(False)
+    return lens
+
+
+def tuned_lens_logits(
+    model, lens: TunedLens, prompt_or_tokens: str | Tensor, *, prepend_bos: bool = PREPEND_BOS
+) -> Float[Tensor, "layer_plus_1 pos d_vocab"]:
+    """Tuned-lens logits of one prompt: [n_layers + 1, pos, d_vocab], like `logit_lens`."""
+    tokens = _single_prompt_tokens(model, prompt_or_tokens, prepend_bos)
+    with torch.no_grad():
+        stack = resid_stack(model, tokens)[:, 0]
+        return final_norm_and_unembed(model, lens(stack))
+
+
+def _fingerprint(model, texts, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps([list(texts), settings, model.cfg.n_layers, model.cfg.d_model]).encode())
+    # A few weights identify the model itself.
+    digest.update(model.W_U[:4, :64].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_or_train_tuned_lens(model, texts, cache_file: Path | None = None, **settings) -> TunedLens:
+    """Load translators cached for this model, corpus and settings; train and cache them if missing."""
+    from course_lib.models.pretrained import cache_dir
+
+    key = _fingerprint(model, texts, settings)
+    path = Path(cache_file) if cache_file else cache_dir() / "tuned_lens" / f"{key}.pt"
+    if path.exists():
+        try:
+            state = torch.load(path, weights_only=True)
+            lens = TunedLens(model.cfg.n_layers, model.cfg.d_model)
+            lens.load_state_dict(state)
+            lens.requires_grad_(False)
+            return lens
+        except Exception:  # a partial or foreign file: train again
+            path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    with torch.enable_grad():
+        lens = train_tuned_lens(model, texts, **settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    torch.save(lens.state_dict(), tmp)
+    tmp.replace(path)
+    print(f"trained the tuned lens in {time.perf_counter() - start:.0f} s; cached in {path}")
+    return lens
