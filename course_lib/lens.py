@@ -98,3 +98,14 @@ def top_token_table(
         pd.DataFrame(tokens, index=index, columns=columns),
         pd.DataFrame(probs.values.tolist(), index=index, columns=columns),
     )
+
+
+def top_k_tokens(model, lens_logits: Float[Tensor, "layer pos d_vocab"], k: int = 5, pos: int = -1) -> pd.DataFrame:
+    """The k most likely tokens (with probabilities) of every layer at position `pos`."""
+    probs = lens_logits[:, pos].softmax(dim=-1).topk(k)
+    to_str = getattr(model, "to_single_str_token", str)
+    rows = [
+        [f"{to_str(int(i))!r} {float(p):.2f}" for p, i in zip(ps, ids)]
+        for ps, ids in zip(probs.values, probs.indices)
+    ]
+    return pd.DataFrame(rows, index=pd.Index(range(len(rows)), name="layer"), columns=[f"top {j + 1}" for j in range(k)])

@@ -105,3 +105,11 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_prompts(smollm2, tmp_path):
     # Cached: a second call loads the same translators instead of training.
     again = load_or_train_tuned_lens(smollm2, TRAIN_TEXTS, cache_file=tmp_path / "tl.pt", steps=40, progress=False)
     torch.testing.assert_close(again.A, lens.A)
+
+
+def test_top_k_tokens_lists_the_final_answer_first(smollm2):
+    from course_lib.lens import top_k_tokens
+
+    table = top_k_tokens(smollm2, logit_lens(smollm2, "The Colosseum is in downtown", prepend_bos=True), k=3)
+    assert table.shape == (31, 3)
+    assert table.iloc[-1, 0].startswith("' Rome'")
