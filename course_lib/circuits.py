@@ -119,8 +119,10 @@ def top_skip_trigrams(model, head: int, k: int = 10, layer: int = 0) -> list[tup
         ov = (ov - ov.mean()) / ov.std()
         best_c_score, best_c = ov.max(dim=-1)  # per A
         total = qk + best_c_score[None, :]  # [B, A]
-        # Skip the start token as a source: attending to it is "no information".
+        # Skip the start token as a source (attending to it is "no information") and as the
+        # current token (at position 0 it can only attend to itself).
         total[:, model.cfg.bos_token_id] = float("-inf")
+        total[model.cfg.bos_token_id, :] = float("-inf")
         flat = total.flatten().topk(k)
         result = []
         for score, index in zip(flat.values, flat.indices):
@@ -133,8 +135,9 @@ def top_skip_trigrams(model, head: int, k: int = 10, layer: int = 0) -> list[tup
 
 
 def composition_score(left: Float[Tensor, "d_model d_model"], right: Float[Tensor, "d_model d_model"]) -> float:
-    """||left @ right||_F / (||left||_F ||right||_F), the paper's composition score."""
-    return float((left @ right).norm() / (left.norm() * right.norm()))
+    """||left @ right||_F / (||left||_F ||right||_F), the paper's composition score (0 for a zero matrix)."""
+    denominator = left.norm() * right.norm()
+    return float((left @ right).norm() / denominator) if denominator > 0 else 0.0
 
 
 def composition_scores(model, kind: str) -> Float[Tensor, "head0 head1"]:
@@ -202,3 +205,14 @@ def loss_with_head_ablated(model, tokens: Int[Tensor, "batch pos"], layer: int |
     log_probs = logits[:, :-1].log_softmax(dim=-1)
     per_token = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
     return float(per_token[:, half + 1 :].mean())
+
+
+def best_skip_trigram(model, head: int, b: int, layer: int = 0) -> tuple[int, int]:
+    """For current token `b`: the source token A the head attends to most (full QK, start token
+    excluded) and the token C that attending to A raises most (full OV). Returns (A, C)."""
+    with torch.no_grad():
+        qk_row = full_qk_circuit(model, layer, head).AB[b].clone()
+        qk_row[model.cfg.bos_token_id] = float("-inf")
+        a = int(qk_row.argmax())
+        c = int(full_ov_circuit(model, layer, head).AB[a].argmax())
+    return a, c

@@ -63,3 +63,17 @@ def first_token_scores(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor,
     """Mean attention to position 0 (the BOS token), over queries 1..end."""
     patterns = attention_patterns(model, tokens)
     return patterns[..., 1:, 0].mean(dim=(1, -1))
+
+
+def per_token_loss(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of predicting tokens[:, t + 1] at every position t."""
+    with torch.no_grad():
+        log_probs = model(tokens).log_softmax(dim=-1)
+    return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def top_heads(scores: Float[Tensor, "layer head"], k: int = 5) -> list[tuple[str, float]]:
+    """The k highest-scoring heads as ("L{layer}H{head}", score), best first."""
+    flat = scores.flatten().topk(k)
+    n_heads = scores.shape[1]
+    return [(f"L{int(i) // n_heads}H{int(i) % n_heads}", float(v)) for v, i in zip(flat.values, flat.indices)]

@@ -63,3 +63,62 @@ def per_layer_lines(values: dict[str, np.ndarray], ylabel: str, title: str = "",
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def attention_heads(pattern, str_tokens: list[str], title: str = "", head_labels: list[str] | None = None) -> Figure:
+    """One heatmap per head of a pattern [head, query, key]; rows are queries, columns keys."""
+    pattern = np.asarray(pattern)
+    n_heads = pattern.shape[0]
+    fig, axes = plt.subplots(1, n_heads, figsize=(3.2 * n_heads, 3.4), squeeze=False)
+    for h, ax in enumerate(axes[0]):
+        ax.imshow(pattern[h], cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(head_labels[h] if head_labels else f"head {h}", fontsize=9)
+        if len(str_tokens) <= 24:
+            ax.set_xticks(range(len(str_tokens)), str_tokens, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(str_tokens)), str_tokens, fontsize=6)
+        ax.set_xlabel("key")
+    axes[0][0].set_ylabel("query")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def score_heatmap(scores, title: str, row_label: str = "layer", col_label: str = "head", fmt: str = "{:.2f}", row_names=None, col_names=None) -> Figure:
+    """A small matrix of scores with the value written in each cell."""
+    scores = np.asarray(scores)
+    fig, ax = plt.subplots(figsize=(0.6 * scores.shape[1] + 2, min(0.35 * scores.shape[0] + 1.5, 6.0)))
+    image = ax.imshow(scores, cmap="viridis", aspect="auto")
+    if scores.size <= 400:
+        for (r, c), value in np.ndenumerate(scores):
+            ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=7 if scores.shape[0] <= 12 else 5, color="white" if value < scores.max() * 0.6 else "black")
+    ax.set_xticks(range(scores.shape[1]), col_names if col_names is not None else range(scores.shape[1]))
+    ax.set_yticks(range(scores.shape[0]), row_names if row_names is not None else range(scores.shape[0]))
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def loss_by_position(losses, title: str = "", boundary: int | None = None) -> Figure:
+    """Per-token loss along a sequence, with an optional line where the repeat starts."""
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(np.asarray(losses), marker=".")
+    if boundary is not None:
+        ax.axvline(boundary - 0.5, color="gray", linestyle="--", label="second copy starts")
+        ax.legend()
+    ax.set_xlabel("position (predicting the next token)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_html(str_tokens: list[str], pattern, head_names: list[str] | None = None):
+    """circuitsvis attention view with its JavaScript inlined, so it renders with no network."""
+    import circuitsvis as cv
+    from IPython.display import HTML
+
+    rendered = cv.attention.attention_heads(attention=pattern, tokens=str_tokens, attention_head_names=head_names)
+    return HTML(rendered.local_src)

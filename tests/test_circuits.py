@@ -1,0 +1,98 @@
+"""Circuits of the toy models: exact decompositions, composition, copying, skip-trigrams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib import circuits
+from course_lib.heads import repeated_random_tokens
+from course_lib.models.toy import AttnOnlyTransformer, ToyConfig
+from course_lib.models.training import SKIP_TRIGRAMS
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
+
+
+def test_forward_from_weights_matches_the_model(toy1, toy2):
+    for model in (toy1, toy2):
+        tokens = repeated_random_tokens(3, 11, 64, 0, seed=4)
+        torch.testing.assert_close(circuits.attn_only_forward(model, tokens), model(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_logit_decomposition_adds_up_and_has_every_path(toy2, toy1):
+    tokens = repeated_random_tokens(1, 9, 64, 0, seed=8)
+    terms, labels = circuits.logit_decomposition(toy2, tokens)
+    assert len(labels) == 1 + 4 + 4 * 5 and labels[0] == "direct" and "L1H2<-L0H3" in labels
+    torch.testing.assert_close(terms.sum(0), toy2(tokens)[0], atol=1e-4, rtol=1e-4)
+    terms1, labels1 = circuits.logit_decomposition(toy1, tokens)
+    assert labels1 == ["direct", "L0H0", "L0H1", "L0H2", "L0H3"]
+    torch.testing.assert_close(terms1[0], (toy1.W_E[tokens[0]] + toy1.W_pos[: tokens.shape[1]]) @ toy1.W_U)
+    with pytest.raises(ValueError, match="one sequence"):
+        circuits.logit_decomposition(toy2, repeated_random_tokens(2, 3, 64, 0))
+
+
+def test_composition_score_properties():
+    a = torch.randn(8, 8)
+    assert circuits.composition_score(a, torch.zeros(8, 8)) == 0
+    # Orthogonal subspaces do not compose; aligned ones compose fully.
+    e1 = torch.zeros(8, 8)
+    e1[0, 0] = 1
+    e2 = torch.zeros(8, 8)
+    e2[1, 1] = 1
+    assert circuits.composition_score(e1, e2) == 0 and circuits.composition_score(e1, e1) == pytest.approx(1.0)
+    baseline = circuits.random_composition_baseline(64, 16, n_samples=50)
+    assert 0.08 < baseline < 0.2  # about 1/sqrt(d_model) for rank-16 random maps
+
+
+def test_k_composition_matches_the_definition(toy2):
+    scores = circuits.composition_scores(toy2, "k")
+    W_OV = toy2.W_V[0, 1] @ toy2.W_O[0, 1]
+    W_QK = toy2.W_Q[1, 2] @ toy2.W_K[1, 2].T
+    assert scores[1, 2] == pytest.approx(float((W_QK @ W_OV.T).norm() / (W_QK.norm() * W_OV.norm())), rel=1e-4)
+    with pytest.raises(ValueError, match="'q', 'k' or 'v'"):
+        circuits.composition_scores(toy2, "x")
+
+
+def test_previous_token_heads_feed_the_induction_keys(toy2):
+    """The shipped model's circuit: layer-0 previous-token heads (H1, H3) are what the keys read."""
+    diag = torch.tensor([[circuits.virtual_k_circuit_diagonal(toy2, h0, h1) for h1 in range(4)] for h0 in range(4)])
+    assert diag[[1, 3]].min() > 0.4 and diag[[0, 2]].max() < 0.1
+    k_scores = circuits.composition_scores(toy2, "k")
+    assert k_scores[[1, 3]].mean() > k_scores[[0, 2]].mean()
+
+
+def test_ablating_the_previous_token_head_breaks_induction(toy2):
+    tokens = repeated_random_tokens(16, 20, 64, 0, seed=12, low=21)
+    clean = circuits.loss_with_head_ablated(toy2, tokens)
+    assert clean < 0.3
+    assert circuits.loss_with_head_ablated(toy2, tokens, 0, 1) > 5 * clean
+
+
+def test_copying_scores_on_known_circuits():
+    """A head whose OV maps every token to itself copies (score 1); its negative anti-copies (-1)."""
+    cfg = ToyConfig(n_layers=1, n_heads=2, d_model=16, d_head=16, d_vocab=16, n_ctx=4)
+    model = AttnOnlyTransformer(cfg)
+    eye = torch.eye(16)
+    model.W_E.data, model.W_U.data = eye.clone(), eye.clone()
+    model.blocks[0].attn.W_V.data = torch.stack([eye, -eye])
+    model.blocks[0].attn.W_O.data = torch.stack([eye, eye])
+    scores = circuits.copying_scores(model, 0)
+    torch.testing.assert_close(scores["eigenvalue_ratio"], torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(scores["self_top1"], torch.tensor([1.0, 0.0]))
+
+
+def test_full_circuits_are_factored_and_low_rank(toy1):
+    ov = circuits.full_ov_circuit(toy1, 0, 2)
+    assert ov.shape == (64, 64) and int(torch.linalg.matrix_rank(ov.AB)) <= toy1.cfg.d_head
+    torch.testing.assert_close(circuits.full_qk_circuit(toy1, 0, 2).AB, toy1.W_E @ toy1.W_Q[0, 2] @ toy1.W_K[0, 2].T @ toy1.W_E.T)
+
+
+def test_planted_skip_trigrams_are_found_in_the_weights(toy1):
+    found = {(a, b, c) for h in range(4) for a, b, c, _ in circuits.top_skip_trigrams(toy1, h, k=12)}
+    assert len(found & set(SKIP_TRIGRAMS)) >= 4
+    a, c = circuits.best_skip_trigram(toy1, 3, 3)
+    assert (a, 3, c) in set(SKIP_TRIGRAMS)
