@@ -143,9 +143,10 @@ def check_copying_score(student_fn: Callable, *, hidden: bool = False) -> None:
                 value = float(actual)
             except (TypeError, ValueError, RuntimeError):
                 value = float("nan")
-            all_eigenvalues = torch.linalg.eigvals(_circuits.full_ov_circuit(model, layer, head).AB)
-            shares = [float(scores["positive_eigenvalue_share"][head]), float((all_eigenvalues.real > 0).float().mean())]
-            if any(abs(value - share) < 1e-3 for share in shares):
+            # A count of eigenvalues over d_head or d_vocab: the student counted instead of weighing.
+            # (The signs of the ~48 near-zero eigenvalues are numerical noise, so no exact match.)
+            counts = [value * n for n in (model.cfg.d_head, model.cfg.d_vocab)]
+            if 0 <= value <= 1 and any(abs(c - round(c)) < 1e-4 for c in counts):
                 hint = " Hint: that is the share of eigenvalues with positive real part; weigh them: sum(Re) / sum(|eig|)."
             raise AssertionError(str(err) + hint) from None
     T.passed(name, len(cases), hidden)
