@@ -122,3 +122,23 @@ def attention_html(str_tokens: list[str], pattern, head_names: list[str] | None 
 
     rendered = cv.attention.attention_heads(attention=pattern, tokens=str_tokens, attention_head_names=head_names)
     return HTML(rendered.local_src)
+
+
+def token_values(pieces: list[str], values, title: str = "") -> Figure:
+    """Text pieces in a row, each on a background coloured by its value (blue +, red -)."""
+    values = np.asarray(values, dtype=float)
+    limit = max(float(np.abs(values).max()), 1e-9)
+    cmap = plt.get_cmap("RdBu")
+    fig, ax = plt.subplots(figsize=(1.0 + 0.95 * len(pieces), 1.4))
+    ax.set_xlim(0, len(pieces))
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    for i, (piece, value) in enumerate(zip(pieces, values)):
+        colour = cmap(0.5 + 0.5 * value / limit)
+        ax.add_patch(plt.Rectangle((i + 0.03, 0.35), 0.94, 0.5, color=colour))
+        ink = "white" if abs(value) / limit > 0.6 else "black"
+        ax.text(i + 0.5, 0.6, piece.strip() or repr(piece), ha="center", va="center", fontsize=9, color=ink)
+        ax.text(i + 0.5, 0.15, f"{value:+.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -91,12 +91,16 @@ def coalition_masks(n_players: int) -> Int[Tensor, "two_pow_n n_players"]:
 
 
 def masked_prompts(
-    tokens: Int[Tensor, "pos"], player_positions: list[int], masks: Tensor, baseline_id: int
+    tokens: Int[Tensor, "pos"], players: list[list[int]], masks: Tensor, baseline_id: int
 ) -> Int[Tensor, "n_coalitions pos"]:
-    """Token rows where every player absent from the coalition is replaced by `baseline_id`."""
+    """Token rows where the positions of every player absent from the coalition hold `baseline_id`.
+
+    `players[i]` lists the token positions player i owns (one token, or a word of several)."""
     rows = tokens.repeat(len(masks), 1)
-    positions = torch.tensor(player_positions)
-    rows[:, positions] = torch.where(masks, tokens[positions], torch.tensor(baseline_id))
+    for i, positions in enumerate(players):
+        absent = ~masks[:, i]
+        for position in positions:
+            rows[absent, position] = baseline_id
     return rows
 
 
@@ -115,23 +119,38 @@ def logit_difference_value(
 def token_shapley(
     model,
     tokens: Int[Tensor, "pos"],
-    player_positions: list[int],
+    players: list[list[int]],
     positive_id: int,
     negative_id: int,
     baseline_id: int,
     batch_size: int = 128,
 ) -> tuple[Float[Tensor, "n_players"], dict[frozenset, float]]:
-    """Exact Shapley values of the prompt tokens at `player_positions` for the logit difference
-    positive - negative, absent tokens replaced by `baseline_id`. All 2^n coalitions run batched.
-    Returns (values, table of v(S))."""
-    n = len(player_positions)
+    """Exact Shapley values of groups of prompt tokens for logit(positive) - logit(negative) at the
+    last position, absent players' tokens replaced by `baseline_id`. All 2^n coalitions run in
+    batches of `batch_size`. Returns (values, table of v(S))."""
+    n = len(players)
     if n > 14:
         raise ValueError(f"{n} players means {2**n} forward passes; use at most 14 (or permutation sampling).")
     masks = coalition_masks(n)
-    rows = masked_prompts(tokens, player_positions, masks, baseline_id)
+    rows = masked_prompts(tokens, players, masks, baseline_id)
     scores = logit_difference_value(model, rows, positive_id, negative_id, batch_size)
     table = {frozenset(torch.nonzero(m).flatten().tolist()): float(s) for m, s in zip(masks, scores)}
     return shapley_from_table(table, n), table
+
+
+def model_value_function(model, tokens: Int[Tensor, "pos"], players: list[list[int]], positive_id: int, negative_id: int, baseline_id: int):
+    """v(S) for one coalition at a time (for permutation sampling or other libraries); cached."""
+    cache: dict[frozenset, float] = {}
+
+    def value(coalition: frozenset) -> float:
+        key = frozenset(coalition)
+        if key not in cache:
+            mask = torch.tensor([[i in key for i in range(len(players))]])
+            row = masked_prompts(tokens, players, mask, baseline_id)
+            cache[key] = float(logit_difference_value(model, row, positive_id, negative_id)[0])
+        return cache[key]
+
+    return value
 
 
 def alice_bob_game(coalition: Iterable[int]) -> float:

@@ -36,3 +36,21 @@ def smollm2():
 
     torch.set_grad_enabled(True)
     return load_model()
+
+
+def solution_functions(notebook_name: str):
+    """Execute the answer cells of a solution notebook and return what they define, so the
+    checkers are tested against the very code the notebook ships as its solution."""
+    import itertools
+    import math
+    import types
+
+    import nbformat
+    import numpy as np
+
+    path = ROOT / "solutions" / "mech_interp" / notebook_name
+    namespace = {"torch": torch, "math": math, "np": np, "itertools": itertools}
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            exec(compile(cell.source, f"<{path.name} answer cell>", "exec"), namespace)
+    return types.SimpleNamespace(**namespace)

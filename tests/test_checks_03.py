@@ -4,10 +4,6 @@ forward pass and the references cannot stand in for the student's code."""
 from __future__ import annotations
 
 import math
-import types
-from pathlib import Path
-
-import nbformat
 
 import pytest
 import torch
@@ -15,19 +11,10 @@ import torch
 import course_lib.circuits
 from course_lib.checks import load_checks
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import solution_functions
 
+S = solution_functions("03_residual_stream.ipynb")
 
-def solution_functions(notebook: Path) -> dict:
-    """Execute the answer cells of a solution notebook and return what they define."""
-    namespace = {"torch": torch, "math": math}
-    for cell in nbformat.read(notebook, as_version=4).cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            exec(compile(cell.source, f"<{notebook.name} answer cell>", "exec"), namespace)
-    return namespace
-
-
-S = types.SimpleNamespace(**solution_functions(ROOT / "solutions" / "mech_interp" / "03_residual_stream.ipynb"))
 EXERCISES = ["toy_forward", "decompose_1l", "k_composition_scores", "copying_score", "induction_score", "skip_trigram"]
 
 

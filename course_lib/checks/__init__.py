@@ -13,6 +13,7 @@ from course_lib.checks import _trust
 
 NOTEBOOK_CHECKS = {
     "00_setup": "checks.nb00_setup",
+    "01_recap": "checks.nb01_recap",
     "02_early_decoding": "checks.nb02_early_decoding",
     "03_residual_stream": "checks.nb03_residual_stream",
 }

@@ -199,3 +199,11 @@ def passed(name: str, n_cases: int, hidden: bool) -> None:
     """Print the success line a student sees under a test cell."""
     kind = "hidden" if hidden else "visible"
     print(f"\u2714 {name}: all {n_cases} {kind} test cases pass.")
+
+
+def safe_float(value: Any) -> float:
+    """The student's scalar as a float, NaN when it is not one (only used to look for hints)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return float("nan")
