@@ -68,6 +68,17 @@ def main() -> None:
         "import time; from course_lib.grading import check_notebook; t=time.perf_counter(); "
         f"check_notebook({str(ROOT / 'notebooks' / 'mech_interp' / '00_setup.ipynb')!r}); print(time.perf_counter()-t)"
     ), "s", "-"))
+    shap_code = (
+        "import time, torch; from course_lib.models import load_model; from course_lib.shapley import token_shapley; "
+        "m = load_model(); p = 'Review: what a great movie, if you have no taste. Sentiment (positive or negative):'; "
+        "t = m.to_tokens(p, prepend_bos=True)[0]; pos = m.to_tokens(' positive', prepend_bos=False)[0, 0].item(); "
+        "neg = m.to_tokens(' negative', prepend_bos=False)[0, 0].item(); players = PLAYERS; "
+        "s = time.perf_counter(); token_shapley(m, t, players, pos, neg, 0); print(time.perf_counter() - s)"
+    )
+    rows.append(("token SHAP, 7 word players (128 coalitions, batched)", timed(
+        shap_code.replace("PLAYERS", "[[3, 4], [5], [6, 7], [8, 9], [10], [11], [12, 13]]")), "s", "-"))
+    rows.append(("token SHAP, 11 single-token players (2048 coalitions, batched)", timed(
+        shap_code.replace("PLAYERS", "[[i] for i in range(3, 14)]")), "s", "a few s (not met)"))
     lines = ["| measurement | value | goal |", "|---|---|---|"]
     lines += [f"| {name} | {value:.1f} {unit} | {goal} |" for name, value, unit, goal in rows]
     table = "\n".join(lines)
