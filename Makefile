@@ -46,4 +46,4 @@ toys: install
 	$(VENV)/bin/course train-toy
 
 clean:
-	rm -rf autograded feedback submitted gradebook.db grades.csv .pytest_cache
+	rm -rf autograded feedback submitted integrity gradebook.db grades.csv .pytest_cache

@@ -320,11 +320,12 @@ def autograde_class(
         else:
             status[student] = "ok" if returncode == 0 else f"autograde failed: {_last_line(stderr)}"
         flags = scan_submission(submitted / student / assignment)
+        flags_file = integrity_file(root, assignment, student)
+        flags_file.unlink(missing_ok=True)
         if flags:
             status[student] += f"; integrity flags: {len(flags)}"
-            out = root / "autograded" / student / assignment
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "integrity.json").write_text(json.dumps([f.__dict__ for f in flags], indent=1))
+            flags_file.parent.mkdir(parents=True, exist_ok=True)
+            flags_file.write_text(json.dumps([f.__dict__ for f in flags], indent=1))
         print(f"{student}: {status[student]}", flush=True)
     _save_status(root, assignment, status)
     api = nbgrader_api(root)
@@ -332,6 +333,12 @@ def autograde_class(
         if state.startswith("ok"):
             api.generate_feedback(assignment, student, force=True)
     return status
+
+
+def integrity_file(root: Path, assignment: str, student: str) -> Path:
+    """Where a student's integrity flags are written: for the instructor, outside autograded/ so
+    nbgrader does not copy them into the student's feedback."""
+    return root / "integrity" / assignment / f"{student}.json"
 
 
 def _status_file(root: Path, assignment: str) -> Path:
@@ -397,7 +404,7 @@ def export_grades(root: Path, assignment: str, out_csv: Path) -> Path:
             row[r.notebook] = r.score
             for t in r.tests:
                 row[f"{r.notebook}:{t.name}"] = t.score
-        flags_file = root / "autograded" / student / assignment / "integrity.json"
+        flags_file = integrity_file(root, assignment, student)
         row["integrity_flags"] = len(json.loads(flags_file.read_text())) if flags_file.exists() else 0
         for key in row:
             if key not in header:
