@@ -6,6 +6,7 @@ Layout (the course root is the repository root, where `nbgrader_config.py` lives
     notebooks/<assignment>/<nb>.ipynb     released student notebooks (generated)
     submitted/<student>/<assignment>/     collected submissions (instructor)
     autograded/, feedback/, gradebook.db  written by grading (never committed)
+    integrity/<assignment>/<student>.json out-of-kernel tamper flags, for the instructor only
 
 nbgrader's Python API does not read `nbgrader_config.py`, so every entry point here builds its
 settings with `nbgrader_config(root)`; `nbgrader_config.py` calls the same function so the
