@@ -118,9 +118,8 @@ def test_monkeypatched_checker_is_restored_by_load_checks(checks, monkeypatch):
 
 
 def test_monkeypatched_torch_comparisons_do_not_fool_the_checker(checks, monkeypatch):
-    always_true = lambda *args, **kwargs: torch.ones((), dtype=torch.bool) if not kwargs.get("_") else None
     monkeypatch.setattr(torch, "isclose", lambda a, b, **kw: torch.ones_like(a, dtype=torch.bool))
-    monkeypatch.setattr(torch, "allclose", always_true)
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
     monkeypatch.setattr(torch.testing, "assert_close", lambda *a, **k: None)
     with pytest.raises(AssertionError, match="wrong values"):
         load_checks("00_setup").check_resid_after_layer(resid_pre)

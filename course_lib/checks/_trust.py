@@ -32,7 +32,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 _is_tensor = torch.is_tensor
 _isclose = torch.isclose
 _isfinite = torch.isfinite
-_tensor_cls = torch.Tensor
+_detach = torch.Tensor.detach
+_to = torch.Tensor.to
 _as_tensor = torch.as_tensor
 _float64 = torch.float64
 _no_grad = torch.no_grad
@@ -164,8 +165,8 @@ def assert_tensor_close(
         raise AssertionError(
             f"{name} returned shape {tuple(actual.shape)}, expected {tuple(expected.shape)}{ctx}."
         )
-    a = _tensor_cls.detach(actual).to(_float64)
-    e = _tensor_cls.detach(expected).to(_float64)
+    a = _to(_detach(actual), _float64)
+    e = _to(_detach(expected), _float64)
     if not bool(_isfinite(a).all()):
         raise AssertionError(f"{name} returned NaN or infinite values{ctx}.")
     close = _isclose(a, e, rtol=rtol, atol=atol)
@@ -199,6 +200,15 @@ def passed(name: str, n_cases: int, hidden: bool) -> None:
     """Print the success line a student sees under a test cell."""
     kind = "hidden" if hidden else "visible"
     print(f"\u2714 {name}: all {n_cases} {kind} test cases pass.")
+
+
+def tensors_match(actual: Any, candidate: "torch.Tensor", atol: float = 1e-3, rtol: float = 1e-3) -> bool:
+    """True when `actual` is a tensor of the candidate's shape and values (used to name mistakes)."""
+    return (
+        _is_tensor(actual)
+        and tuple(actual.shape) == tuple(candidate.shape)
+        and bool(_isclose(_to(_detach(actual), _float64), _to(_detach(candidate), _float64), atol=atol, rtol=rtol).all())
+    )
 
 
 def safe_float(value: Any) -> float:

@@ -39,7 +39,7 @@ def _resid_hint(model, tokens, layer: int, actual) -> str:
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     for key, text in names.items():
         other = cache[key]
-        if tuple(other.shape) == tuple(actual.shape) and bool(T._isclose(actual.double(), other.double(), atol=1e-4).all()):
+        if T.tensors_match(actual, other, atol=1e-4, rtol=0):
             return " Hint: you returned " + text.format(layer=layer) + "."
     return ""
 
@@ -88,14 +88,6 @@ def _probability_hint(model, prompt: str, answer: str, prepend_bos: bool, actual
     return ""
 
 
-def _as_float(value) -> float:
-    """The student's scalar as a float (NaN when it is not one): only used to look for hints."""
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return float("nan")
-
-
 def check_answer_probability(student_fn: Callable, *, hidden: bool = False) -> None:
     """answer_probability(model, prompt, answer, prepend_bos) -> float; ValueError for multi-token answers."""
     name = "answer_probability"
@@ -124,7 +116,7 @@ def check_answer_probability(student_fn: Callable, *, hidden: bool = False) -> N
         try:
             T.assert_float_close(actual, expected, name, atol=1e-5, rtol=1e-3, where=where)
         except AssertionError as err:
-            hint = _probability_hint(smol, prompt, answer, prepend_bos, _as_float(actual))
+            hint = _probability_hint(smol, prompt, answer, prepend_bos, T.safe_float(actual))
             raise AssertionError(str(err) + hint) from None
     for answer, prompt in bad_answers:
         T.call_student(student_fn, (smol, prompt, answer, True), forbidden, name, expect_error=ValueError)

@@ -34,7 +34,7 @@ def _lens_hint(model, cache, actual) -> str:
     stack = torch.stack([cache[n][0] for n in names])
     candidates = {"the stack without the final norm: apply model.ln_final before W_U": stack @ model.W_U}
     for text, value in candidates.items():
-        if tuple(value.shape) == tuple(actual.shape) and bool(T._isclose(actual.double(), value.double(), atol=1e-3, rtol=1e-3).all()):
+        if T.tensors_match(actual, value):
             return f" Hint: you returned {text}."
     return ""
 
@@ -155,7 +155,7 @@ def check_kl_to_final(student_fn: Callable, *, hidden: bool = False) -> None:
             reverse = (log_p.exp() * (log_p - log_p[-1:])).sum(-1)
             hint = ""
             if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
-                if bool(T._isclose(actual.double(), reverse.double(), atol=1e-4).all()):
+                if T.tensors_match(actual, reverse, atol=1e-4, rtol=0):
                     hint = " Hint: that is KL(layer || final); the exercise asks for KL(final || layer), weighted by the final probabilities."
                 elif bool((actual.double() < -1e-6).any()):
                     hint = " Hint: a KL divergence is never negative: use log_softmax, not raw logits, for the log-probabilities."

@@ -39,14 +39,6 @@ def _variant_forward(model, tokens, *, scale: bool = True, mask: bool = True, po
     return resid @ model.W_U
 
 
-def _matches(actual, candidate, atol: float = 1e-3) -> bool:
-    return (
-        T._is_tensor(actual)
-        and tuple(actual.shape) == tuple(candidate.shape)
-        and bool(T._isclose(actual.double(), candidate.double(), atol=atol, rtol=1e-3).all())
-    )
-
-
 def check_toy_forward(student_fn: Callable, *, hidden: bool = False) -> None:
     """toy_forward(model, tokens) -> logits [batch, pos, d_vocab], from the weights, equal to model(tokens)."""
     name = "toy_forward"
@@ -69,7 +61,7 @@ def check_toy_forward(student_fn: Callable, *, hidden: bool = False) -> None:
                 for text, kwargs in [("the 1/sqrt(d_head) scaling of the scores", {"scale": False}),
                                      ("the causal mask (queries must not see later keys)", {"mask": False}),
                                      ("the positional embeddings W_pos", {"pos": False})]:
-                    if _matches(actual, _variant_forward(model, tokens, **kwargs)):
+                    if T.tensors_match(actual, _variant_forward(model, tokens, **kwargs)):
                         hint = f" Hint: your logits are what you get without {text}."
             raise AssertionError(str(err) + hint) from None
     T.passed(name, len(cases), hidden)
@@ -92,7 +84,7 @@ def check_decompose_1l(student_fn: Callable, *, hidden: bool = False) -> None:
         except AssertionError as err:
             hint = ""
             if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
-                if _matches(actual.sum(0), expected.sum(0)):
+                if T.tensors_match(actual.sum(0), expected.sum(0)):
                     hint = (" Hint: your terms add up to the logits, but are split differently: term 0 is"
                             " (W_E[tokens] + W_pos) @ W_U, term 1 + h is head h's output times W_U.")
             raise AssertionError(str(err) + hint) from None
@@ -116,9 +108,9 @@ def check_k_composition_scores(student_fn: Callable, *, hidden: bool = False) ->
     except AssertionError as err:
         hint = ""
         for kind, text in [("q", "Q-composition (the writer feeds the queries)"), ("v", "V-composition (the writer feeds W_OV)")]:
-            if _matches(actual, _circuits.composition_scores(toy2, kind), atol=1e-4):
+            if T.tensors_match(actual, _circuits.composition_scores(toy2, kind), atol=1e-4):
                 hint = f" Hint: that is {text}; K-composition feeds the keys: ||W_QK^1 (W_OV^0)^T||."
-        if T._is_tensor(actual) and _matches(actual, expected.T, atol=1e-4):
+        if T._is_tensor(actual) and T.tensors_match(actual, expected.T, atol=1e-4):
             hint = " Hint: transposed: rows are the layer-0 heads (writers), columns the layer-1 heads (readers)."
         raise AssertionError(str(err) + hint) from None
     T.passed(name, 1, hidden)
@@ -139,10 +131,7 @@ def check_copying_score(student_fn: Callable, *, hidden: bool = False) -> None:
             T.assert_float_close(actual, expected, name, atol=1e-3, rtol=1e-3, where=where)
         except AssertionError as err:
             hint = ""
-            try:
-                value = float(actual)
-            except (TypeError, ValueError, RuntimeError):
-                value = float("nan")
+            value = T.safe_float(actual)
             # A count of eigenvalues over d_head or d_vocab: the student counted instead of weighing.
             # (The signs of the ~48 near-zero eigenvalues are numerical noise, so no exact match.)
             counts = [value * n for n in (model.cfg.d_head, model.cfg.d_vocab)]
@@ -174,9 +163,9 @@ def check_induction_score(student_fn: Callable, *, hidden: bool = False) -> None
             T.assert_tensor_close(actual, expected, name, atol=1e-3, rtol=1e-3, where=where)
         except AssertionError as err:
             hint = ""
-            if _matches(actual, _heads.duplicate_token_scores(model, tokens)):
+            if T.tensors_match(actual, _heads.duplicate_token_scores(model, tokens)):
                 hint = " Hint: that is the duplicate-token score (attending to the earlier copy itself); induction attends to the token *after* it."
-            elif _matches(actual, _heads.previous_token_scores(model, tokens)):
+            elif T.tensors_match(actual, _heads.previous_token_scores(model, tokens)):
                 hint = " Hint: that is the previous-token score; induction looks back half the sequence."
             raise AssertionError(str(err) + hint) from None
     T.passed(name, len(cases), hidden)
