@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -90,6 +91,22 @@ def full_qk_circuit(model, layer: int, head: int) -> FactoredMatrix:
     return model.W_E @ qk_circuit(model, layer, head) @ model.W_E.T
 
 
+def positional_qk(model, layer: int, head: int) -> Float[Tensor, "n_ctx n_ctx"]:
+    """The positional part of a head's attention scores, W_pos W_Q W_K^T W_pos^T / sqrt(d_head)
+    [query position, key position], with future keys masked to -inf. Exact for layer 0 (its input
+    is W_E[token] + W_pos[position]); it leaves out the token terms and their cross terms."""
+    scores = model.W_pos @ model.W_Q[layer, head] @ model.W_K[layer, head].T @ model.W_pos.T / math.sqrt(model.cfg.d_head)
+    future = torch.ones_like(scores, dtype=torch.bool).triu(diagonal=1)
+    return scores.masked_fill(future, float("-inf"))
+
+
+def favourite_offsets(model, layer: int, head: int) -> Int[Tensor, "n_ctx_minus_1"]:
+    """For every query position q >= 1: q minus the key position the positional QK circuit scores
+    highest (1 means "the previous token")."""
+    scores = positional_qk(model, layer, head)[1:]
+    return torch.arange(1, scores.shape[0] + 1) - scores.argmax(dim=-1)
+
+
 def copying_scores(model, layer: int) -> dict[str, Float[Tensor, "head"]]:
     """Per head of `layer`: share of the full OV circuit's eigenvalue mass with positive real part,
     sum(Re(eig)) / sum(|eig|) (the paper's copying score, in [-1, 1]), and the share of tokens whose
@@ -129,6 +146,46 @@ def top_skip_trigrams(model, head: int, k: int = 10, layer: int = 0) -> list[tup
             b, a = divmod(int(index), total.shape[1])
             result.append((a, b, int(best_c[a]), float(score)))
     return result
+
+
+def skip_trigram_contexts(
+    model, a: int | None, b: int, n: int = 64, length: int = 24, max_gap: int = 8, seed: int = 0, filler_low: int = 25
+) -> Int[Tensor, "n length"]:
+    """n sequences [BOS, filler..., A, filler..., B] ending in B, with A 1..max_gap positions
+    before B as in the training data (no A at all when `a` is None); filler from [filler_low, d_vocab)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(filler_low, model.cfg.d_vocab, (n, length), generator=generator)
+    tokens[:, 0] = model.cfg.bos_token_id
+    tokens[:, -1] = b
+    gaps = torch.randint(1, max_gap + 1, (n,), generator=generator)
+    if a is not None:
+        tokens[torch.arange(n), length - 1 - gaps] = a
+    return tokens
+
+
+def skip_trigram_table(model, triples, n: int = 64, seed: int = 0) -> pd.DataFrame:
+    """For each planted (A, B, C): the mean next-token probability after "A ... B" of C, of A's
+    other output (the OV "bug": A's other triple has a different B), of B's other output (what B
+    alone suggests), and of the other planted outputs on average; and, without A in the context,
+    of C."""
+    rows = []
+    outputs = sorted({c for _, _, c in triples})
+    for a, b, c in triples:
+        other_of_a = [cc for aa, bb, cc in triples if aa == a and cc != c]
+        other_of_b = [cc for aa, bb, cc in triples if bb == b and cc != c]
+        unrelated = [cc for cc in outputs if cc not in (c, *other_of_a, *other_of_b)]
+        with torch.no_grad():
+            probs = model(skip_trigram_contexts(model, a, b, n, seed=seed))[:, -1].softmax(dim=-1)
+            without_a = model(skip_trigram_contexts(model, None, b, n, seed=seed))[:, -1].softmax(dim=-1)
+        rows.append({
+            "A": a, "B": b, "C": c,
+            "p(C)": float(probs[:, c].mean()),
+            "p(A's other C)": float(probs[:, other_of_a].mean()),
+            "p(B's other C)": float(probs[:, other_of_b].mean()),
+            "p(unrelated C)": float(probs[:, unrelated].mean()),
+            "p(C), no A": float(without_a[:, c].mean()),
+        })
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------- composition between layers

@@ -16,9 +16,16 @@ from torch import Tensor
 def repeated_random_tokens(
     n_batch: int, half_len: int, d_vocab: int, bos_token_id: int, seed: int = 0, low: int = 1
 ) -> Int[Tensor, "batch 1+2*half_len"]:
-    """BOS followed by a random block of `half_len` tokens (from [low, d_vocab)) repeated twice."""
+    """BOS followed by a random block of `half_len` distinct tokens from [low, d_vocab), twice.
+
+    The tokens of a block are distinct (drawn without replacement), so every token of the second
+    copy has exactly one earlier occurrence and the induction target is unambiguous. (With
+    repeats inside a block, a perfect induction head must split its attention between two
+    targets, which lowers its score for reasons that have nothing to do with the head.)"""
+    if not 0 <= low < d_vocab or half_len > d_vocab - low:
+        raise ValueError(f"cannot draw {half_len} distinct tokens from [{low}, {d_vocab}).")
     generator = torch.Generator().manual_seed(seed)
-    block = torch.randint(low, d_vocab, (n_batch, half_len), generator=generator)
+    block = torch.rand(n_batch, d_vocab - low, generator=generator).argsort(dim=1)[:, :half_len] + low
     bos = torch.full((n_batch, 1), bos_token_id, dtype=torch.long)
     return torch.cat([bos, block, block], dim=1)
 

@@ -109,3 +109,101 @@ def top_k_tokens(model, lens_logits: Float[Tensor, "layer pos d_vocab"], k: int 
         for ps, ids in zip(probs.values, probs.indices)
     ]
     return pd.DataFrame(rows, index=pd.Index(range(len(rows)), name="layer"), columns=[f"top {j + 1}" for j in range(k)])
+
+
+# ----------------------------------------------------------------- logit differences, frozen scale
+#
+# The final norm divides the residual stream by its own scale (RMS for SmolLM2), which is not
+# linear. Freezing that scale at the value the model actually used for the final residual makes
+# the map from the residual stream to the logits linear, so the logits split exactly into what
+# each component wrote (direct logit attribution), and a partial sum of components (the
+# accumulated residual after layer l) reads off on the same scale as the final answer.
+
+
+def final_norm_scale(model, cache, pos: int = -1, batch: int = 0) -> float:
+    """The scale the final norm divided by at (batch, pos), read from the cache (1.0 without a norm)."""
+    if not hasattr(model, "ln_final"):
+        return 1.0
+    if "ln_final.hook_scale" not in cache:
+        raise KeyError("the cache has no 'ln_final.hook_scale': run model.run_with_cache without a names_filter.")
+    return float(cache["ln_final.hook_scale"][batch, pos])
+
+
+def logit_diff_direction(model, correct_id: int, incorrect_id: int) -> Float[Tensor, "d_model"]:
+    """The residual direction read by logit(correct) - logit(incorrect) after the final norm:
+    (W_U[:, correct] - W_U[:, incorrect]) times the norm's weight (if the model has one)."""
+    direction = model.W_U[:, correct_id] - model.W_U[:, incorrect_id]
+    weight = _final_norm_weight(model)
+    return direction * weight if weight is not None else direction
+
+
+def _final_norm_weight(model) -> Tensor | None:
+    if not hasattr(model, "ln_final"):
+        return None
+    for name in ("weight", "w"):
+        weight = getattr(model.ln_final, name, None)
+        if torch.is_tensor(weight):
+            return weight
+    raise AttributeError("cannot find the final norm's weight (model.ln_final.weight or .w).")
+
+
+def _centred(model, vectors: Tensor) -> Tensor:
+    """LayerNorm subtracts the mean before scaling (a linear map); RMS norm does not."""
+    if getattr(model.cfg, "normalization_type", None) in ("LN", "LNPre") and hasattr(model, "ln_final"):
+        return vectors - vectors.mean(dim=-1, keepdim=True)
+    return vectors
+
+
+def logit_diff_lens(
+    model, cache, correct_id: int, incorrect_id: int, pos: int = -1, batch: int = 0
+) -> Float[Tensor, "layer_plus_1"]:
+    """logit(correct) - logit(incorrect) read from the accumulated residual stream before block 0
+    and after every block, with the final norm's scale frozen at its value for the final residual.
+    The last entry is the model's own logit difference (up to the final norm's bias, if any)."""
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    stack = torch.stack([cache[name][batch, pos] for name in names])  # [layer + 1, d_model]
+    scale = final_norm_scale(model, cache, pos, batch)
+    return (_centred(model, stack) / scale) @ logit_diff_direction(model, correct_id, incorrect_id)
+
+
+def component_outputs(model, cache, pos: int = -1, batch: int = 0) -> tuple[Float[Tensor, "component d_model"], list[str]]:
+    """What every component wrote into the residual stream at (batch, pos): the embeddings, each
+    head (its z times W_O), each attention bias and each MLP. They add up to the final residual."""
+    vectors, labels = [cache["blocks.0.hook_resid_pre"][batch, pos]], ["embed"]
+    b_O = getattr(model, "b_O", None)  # SmolLM2 has no attention output bias
+    for layer in range(model.cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][batch, pos]  # [head, d_head]
+        heads = torch.einsum("hd,hdm->hm", z, model.W_O[layer])
+        vectors += list(heads)
+        labels += [f"L{layer}H{h}" for h in range(heads.shape[0])]
+        if b_O is not None and bool(b_O[layer].abs().max() > 0):
+            vectors.append(b_O[layer])
+            labels.append(f"L{layer} attn bias")
+        mlp_name = f"blocks.{layer}.hook_mlp_out"
+        if mlp_name in cache:
+            vectors.append(cache[mlp_name][batch, pos])
+            labels.append(f"L{layer} mlp")
+    return torch.stack(vectors), labels
+
+
+def logit_diff_attribution(
+    model, cache, correct_id: int, incorrect_id: int, pos: int = -1, batch: int = 0
+) -> pd.Series:
+    """Direct logit attribution: each component's contribution to logit(correct) - logit(incorrect)
+    through the final norm (scale frozen) and the unembedding, labelled; they sum to the model's
+    logit difference (minus any unembedding bias difference)."""
+    vectors, labels = component_outputs(model, cache, pos, batch)
+    scale = final_norm_scale(model, cache, pos, batch)
+    contributions = (_centred(model, vectors) / scale) @ logit_diff_direction(model, correct_id, incorrect_id)
+    return pd.Series(contributions.detach().numpy(), index=labels, name="logit diff contribution")
+
+
+def head_logit_attribution(
+    model, cache, correct_id: int, incorrect_id: int, pos: int = -1, batch: int = 0
+) -> Float[Tensor, "n_layers n_heads"]:
+    """Each head's direct contribution to logit(correct) - logit(incorrect) at (batch, pos): its
+    output z_h W_O[l, h], through the final norm with the scale frozen, onto the unembedding."""
+    z = torch.stack([cache[f"blocks.{l}.attn.hook_z"][batch, pos] for l in range(model.cfg.n_layers)])  # [layer, head, d_head]
+    outputs = torch.einsum("lhd,lhdm->lhm", z, model.W_O)  # [layer, head, d_model]
+    scale = final_norm_scale(model, cache, pos, batch)
+    return (_centred(model, outputs) / scale) @ logit_diff_direction(model, correct_id, incorrect_id)

@@ -142,3 +142,19 @@ def token_values(pieces: list[str], values, title: str = "") -> Figure:
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def attribution_bars(pieces: list[str], attributions: dict[str, np.ndarray], title: str = "") -> Figure:
+    """Grouped bars: one group per text piece, one bar per attribution method."""
+    fig, ax = plt.subplots(figsize=(1.0 + 1.1 * len(pieces), 3.2))
+    width = 0.8 / max(len(attributions), 1)
+    for j, (label, values) in enumerate(attributions.items()):
+        xs = np.arange(len(pieces)) + (j - (len(attributions) - 1) / 2) * width
+        ax.bar(xs, np.asarray(values, dtype=float), width=width, label=label)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_xticks(range(len(pieces)), [repr(p) for p in pieces], fontsize=8)
+    ax.set_ylabel("attribution")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -2,9 +2,24 @@
 
 For each labelled example the residual stream at its last token is collected at every layer
 (one batched forward pass per chunk, right-padded: a causal model's real tokens never see the
-padding). A logistic-regression probe per layer is trained on one split and scored on another.
-Tenney et al. (2019)'s centre of gravity summarises where along the depth a task is solved, and
-a control task (Hewitt & Liang 2019) asks whether the probe found the property or memorised.
+padding). Three questions, three tools:
+
+* How well does each layer alone encode the property? An independent logistic-regression probe
+  per layer (`probe_every_layer`).
+* Where along the depth is the property *gained*? Tenney et al. (2019, "BERT Rediscovers the
+  Classical NLP Pipeline") train **cumulative** probes: probe l reads a learned scalar mix of
+  layers 0..l, so its score can only grow with l (it may ignore new layers). The differential
+  score Delta_l = s_l - s_{l-1} says what layer l adds, and the **expected layer**
+  E[l] = sum_l l Delta_l / sum_l Delta_l summarises where (`cumulative_probe_scores`,
+  `expected_layer`).
+* Which layers does one probe over all layers *use*? The **centre of gravity** is the mean layer
+  under the learned scalar-mix weights s_l of the probe on layers 0..L: sum_l l s_l
+  (`center_of_gravity`).
+* Did the probe find the property or memorise words? Hewitt & Liang (2019)'s control task gives
+  each word type a random label; selectivity = task accuracy - control accuracy (`selectivity`).
+
+Our probes are logistic regressions on per-layer standardised features (Tenney's are small MLPs
+on span representations of BERT); the scalar mix is Tenney's softmax-weighted sum of layers.
 """
 
 from __future__ import annotations
@@ -53,6 +68,9 @@ def split_by_type(word_types: list[str], test_fraction: float = 0.3, seed: int =
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
+# ----------------------------------------------------------------- one probe per layer
+
+
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
     """Held-out accuracy of a logistic-regression probe (standardised features, L2, lbfgs)."""
     from sklearn.linear_model import LogisticRegression
@@ -67,23 +85,115 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: np.ndarray, 
 def probe_every_layer(
     residuals: Float[Tensor, "layer n d_model"], labels, train: np.ndarray, test: np.ndarray
 ) -> np.ndarray:
-    """Held-out probe accuracy at every layer: [n_layers + 1]."""
+    """Held-out accuracy of an independent probe at every layer: [n_layers + 1]."""
     labels = np.asarray(labels)
     return np.array([probe_accuracy(layer.numpy(), labels, train, test) for layer in residuals])
 
 
-def center_of_gravity(scores) -> float:
-    """Tenney et al.'s expected layer: sum_l l * delta_l / sum_l delta_l, where delta_l is the gain
-    of the best score up to layer l over the best up to l - 1 (so deltas are never negative)."""
-    best_so_far = np.maximum.accumulate(np.asarray(scores, dtype=float))
-    deltas = np.diff(best_so_far)  # delta for layers 1..L
+# ----------------------------------------------------------------- Tenney et al.: scalar mixes
+
+
+def scalar_mix_probes(
+    residuals: Float[Tensor, "layer n d_model"],
+    labels,
+    train: np.ndarray,
+    test: np.ndarray,
+    layer_masks: Tensor,
+    *,
+    C: float = 0.1,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, Float[Tensor, "probe layer"]]:
+    """Train one logistic-regression probe per row of `layer_masks` [n_probes, n_layers + 1], each
+    on a learned softmax-weighted mix of the layers its row allows (Tenney's scalar mix), all at
+    once. Features are standardised per layer with training statistics; the L2 penalty matches
+    scikit-learn's C. Returns (held-out accuracy per probe, mixing weights [n_probes, n_layers + 1])."""
+    labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    if set(labels_t.unique().tolist()) - {0.0, 1.0}:
+        raise ValueError("scalar_mix_probes takes binary labels 0/1.")
+    train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
+    x = residuals.float()
+    mean = x[:, train_t].mean(dim=1, keepdim=True)
+    std = x[:, train_t].std(dim=1, keepdim=True) + 1e-6
+    x = (x - mean) / std  # [layer, n, d]
+    allowed = layer_masks.bool()
+    n_probes, d_model = allowed.shape[0], x.shape[-1]
+    mix_logits = torch.zeros(n_probes, x.shape[0], requires_grad=True)
+    weight = torch.zeros(n_probes, d_model, requires_grad=True)
+    bias = torch.zeros(n_probes, requires_grad=True)
+    penalty = 1.0 / (2 * C * len(train))  # scikit-learn: C * sum(log loss) + ||w||^2 / 2
+
+    def mix_weights() -> Tensor:
+        return mix_logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+
+    def logits_for(index: Tensor) -> Tensor:
+        per_layer = torch.einsum("lnd,pd->pln", x[:, index], weight)  # each layer read by each probe
+        return torch.einsum("pl,pln->pn", mix_weights(), per_layer) + bias[:, None]
+
+    optimizer = torch.optim.LBFGS([mix_logits, weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+    target = labels_t[train_t].expand(n_probes, -1)
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits_for(train_t), target)
+        loss = loss * n_probes + penalty * (weight**2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        predicted = logits_for(test_t) > 0
+        accuracy = (predicted == labels_t[test_t].bool()).float().mean(dim=1)
+        return accuracy.numpy(), mix_weights().detach()
+
+
+def cumulative_probe_scores(
+    residuals: Float[Tensor, "layer n d_model"], labels, train: np.ndarray, test: np.ndarray, **kwargs
+) -> tuple[np.ndarray, Float[Tensor, "probe layer"]]:
+    """Tenney's cumulative probes: probe l mixes layers 0..l. Returns (held-out accuracy per l,
+    mixing weights [n_layers + 1, n_layers + 1]; the last row is the probe over all layers)."""
+    n = residuals.shape[0]
+    return scalar_mix_probes(residuals, labels, train, test, torch.ones(n, n).tril(), **kwargs)
+
+
+def expected_layer(cumulative_scores) -> float:
+    """Tenney et al.'s expected layer, sum_l l * Delta_l / sum_l Delta_l over l = 1..L, with
+    Delta_l = s_l - s_{l-1} on cumulative scores s_0..s_L.
+
+    A cumulative probe can always ignore its new layer, so in expectation Delta_l >= 0; on small
+    data a score can still dip by noise. We take the running maximum first (our choice, to keep
+    every Delta_l >= 0), which keeps the result in [1, L]. NaN when no layer adds anything."""
+    best = np.maximum.accumulate(np.asarray(cumulative_scores, dtype=float))
+    deltas = np.diff(best)  # Delta_1 .. Delta_L
     if deltas.sum() <= 0:
-        return 0.0
-    return float((np.arange(1, len(best_so_far)) * deltas).sum() / deltas.sum())
+        return float("nan")
+    return float((np.arange(1, len(best)) * deltas).sum() / deltas.sum())
 
 
-def control_labels(word_types: list[str], seed: int = 0, n_classes: int = 2) -> np.ndarray:
-    """Hewitt & Liang's control task: each word type gets one random label, kept wherever it occurs."""
-    rng = np.random.default_rng(seed)
-    assignment = {w: int(rng.integers(n_classes)) for w in sorted(set(word_types))}
-    return np.array([assignment[w] for w in word_types])
+def center_of_gravity(mix_weights: Float[Tensor, "layer"]) -> float:
+    """Tenney et al.'s centre of gravity: the mean layer sum_l l * s_l under scalar-mix weights s."""
+    weights = torch.as_tensor(mix_weights, dtype=torch.float64)
+    return float((torch.arange(len(weights), dtype=torch.float64) * weights).sum() / weights.sum())
+
+
+# ----------------------------------------------------------------- Hewitt & Liang: control tasks
+
+
+def control_labels(word_types: list[str], seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang's control task: each word type gets one random label (0/1), kept wherever it
+    occurs. Labels are drawn with numpy's default_rng(seed).integers(0, 2, size=n_types) for the
+    types in sorted order."""
+    types = sorted(set(word_types))
+    drawn = np.random.default_rng(seed).integers(0, 2, size=len(types))
+    label_of = dict(zip(types, drawn.tolist()))
+    return np.array([label_of[w] for w in word_types])
+
+
+def selectivity(
+    features: np.ndarray, labels, word_types: list[str], train: np.ndarray, test: np.ndarray, seed: int = 0
+) -> dict[str, float]:
+    """Task accuracy, control-task accuracy and their difference (selectivity) for the same probe
+    on the same split."""
+    task = probe_accuracy(features, np.asarray(labels), train, test)
+    control = probe_accuracy(features, control_labels(word_types, seed), train, test)
+    return {"task": task, "control": control, "selectivity": task - control}

@@ -1,9 +1,18 @@
-"""Shapley values: exact, by permutation sampling, and for the tokens of a prompt (token SHAP).
+"""Shapley values: exact, by permutation sampling, and for the tokens of a prompt.
 
 A cooperative game gives every coalition S of players a value v(S). Player i's Shapley value is
 its marginal contribution v(S + i) - v(S), averaged over all orders in which the players could
 join. The values add up to v(all) - v(empty) (efficiency), equal players get equal values
 (symmetry), and a player who never changes anything gets 0 (dummy).
+
+For the tokens of a prompt, a coalition's value needs the model's output with some tokens
+"absent". Replacing every absent token by one baseline token gives **Baseline Shapley**
+(Sundararajan & Najmi 2020, "The many Shapley values for model explanation"): `token_shapley`.
+SHAP (Lundberg & Lee 2017) instead takes v(S) as an *expectation* over a background
+distribution of reference inputs; with a finite background that is the average of the Baseline
+Shapley values over the background (`background_token_shapley`). Leave-one-out occlusion
+(`leave_one_out`) is the simplest what-if attribution: one marginal contribution per player,
+against the full prompt only.
 """
 
 from __future__ import annotations
@@ -136,6 +145,41 @@ def token_shapley(
     scores = logit_difference_value(model, rows, positive_id, negative_id, batch_size)
     table = {frozenset(torch.nonzero(m).flatten().tolist()): float(s) for m, s in zip(masks, scores)}
     return shapley_from_table(table, n), table
+
+
+def leave_one_out(
+    model,
+    tokens: Int[Tensor, "pos"],
+    players: list[list[int]],
+    positive_id: int,
+    negative_id: int,
+    baseline_id: int,
+) -> Float[Tensor, "n_players"]:
+    """Occlusion: v(all) - v(all but player i) for each player, where v is logit(positive) -
+    logit(negative) at the last position and a removed player's positions hold `baseline_id`.
+    All n_players + 1 prompts run as one batch."""
+    n = len(players)
+    masks = torch.ones(n + 1, n, dtype=torch.bool)
+    masks[1:] = ~torch.eye(n, dtype=torch.bool)  # row 0 keeps everyone, row 1 + i drops player i
+    scores = logit_difference_value(model, masked_prompts(tokens, players, masks, baseline_id), positive_id, negative_id)
+    return (scores[0] - scores[1:]).double()
+
+
+def background_token_shapley(
+    model,
+    tokens: Int[Tensor, "pos"],
+    players: list[list[int]],
+    positive_id: int,
+    negative_id: int,
+    background_ids: list[int],
+    batch_size: int = 128,
+) -> Float[Tensor, "n_players"]:
+    """SHAP's expectation form: v(S) is the mean of the value over a background of reference
+    inputs (here: every absent position filled with one background token, one reference input per
+    token). Shapley values are linear in v, so this equals the mean of the Baseline Shapley values
+    over the background tokens; computed that way."""
+    values = [token_shapley(model, tokens, players, positive_id, negative_id, b, batch_size)[0] for b in background_ids]
+    return torch.stack(values).mean(dim=0)
 
 
 def model_value_function(model, tokens: Int[Tensor, "pos"], players: list[list[int]], positive_id: int, negative_id: int, baseline_id: int):

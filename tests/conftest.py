@@ -38,9 +38,10 @@ def smollm2():
     return load_model()
 
 
-def solution_functions(notebook_name: str):
+def solution_functions(notebook_name: str, extra: dict | None = None):
     """Execute the answer cells of a solution notebook and return what they define, so the
-    checkers are tested against the very code the notebook ships as its solution."""
+    checkers are tested against the very code the notebook ships as its solution. `extra` adds
+    names the answer cells use from the notebook's imports."""
     import itertools
     import math
     import types
@@ -49,7 +50,7 @@ def solution_functions(notebook_name: str):
     import numpy as np
 
     path = ROOT / "solutions" / "mech_interp" / notebook_name
-    namespace = {"torch": torch, "math": math, "np": np, "itertools": itertools}
+    namespace = {"torch": torch, "math": math, "np": np, "itertools": itertools, **(extra or {})}
     for cell in nbformat.read(path, as_version=4).cells:
         if cell.metadata.get("nbgrader", {}).get("solution"):
             exec(compile(cell.source, f"<{path.name} answer cell>", "exec"), namespace)

@@ -57,19 +57,30 @@ def test_k_composition_matches_the_definition(toy2):
         circuits.composition_scores(toy2, "x")
 
 
-def test_previous_token_heads_feed_the_induction_keys(toy2):
-    """The shipped model's circuit: layer-0 previous-token heads (H1, H3) are what the keys read."""
+def _previous_token_head(toy2) -> int:
+    from course_lib.heads import previous_token_scores
+
+    return int(previous_token_scores(toy2, repeated_random_tokens(8, 20, 64, 0, seed=11))[0].argmax())
+
+
+def test_previous_token_head_feeds_the_induction_keys(toy2):
+    """The shipped model's circuit, as notebook 03 shows it: the token-level virtual K-circuit
+    singles out the previous-token head; the Frobenius K-composition score barely does."""
+    prev = _previous_token_head(toy2)
+    others = [h for h in range(4) if h != prev]
     diag = torch.tensor([[circuits.virtual_k_circuit_diagonal(toy2, h0, h1) for h1 in range(4)] for h0 in range(4)])
-    assert diag[[1, 3]].min() > 0.4 and diag[[0, 2]].max() < 0.1
+    assert diag[prev].min() > 0.9 and diag[others].max() < 0.1
     k_scores = circuits.composition_scores(toy2, "k")
-    assert k_scores[[1, 3]].mean() > k_scores[[0, 2]].mean()
+    baseline = circuits.random_composition_baseline(64, 16, n_samples=50)
+    assert k_scores.min() > baseline  # every pair composes a little more than random matrices
+    assert abs(float(k_scores[prev].mean() - k_scores[others].mean())) < 0.05  # ...and the score cannot tell the heads apart
 
 
 def test_ablating_the_previous_token_head_breaks_induction(toy2):
-    tokens = repeated_random_tokens(16, 20, 64, 0, seed=12, low=21)
+    tokens = repeated_random_tokens(16, 20, 64, 0, seed=12)
     clean = circuits.loss_with_head_ablated(toy2, tokens)
     assert clean < 0.3
-    assert circuits.loss_with_head_ablated(toy2, tokens, 0, 1) > 5 * clean
+    assert circuits.loss_with_head_ablated(toy2, tokens, 0, _previous_token_head(toy2)) > 5 * clean
 
 
 def test_copying_scores_on_known_circuits():
@@ -91,8 +102,51 @@ def test_full_circuits_are_factored_and_low_rank(toy1):
     torch.testing.assert_close(circuits.full_qk_circuit(toy1, 0, 2).AB, toy1.W_E @ toy1.W_Q[0, 2] @ toy1.W_K[0, 2].T @ toy1.W_E.T)
 
 
+def _skip_trigram_head(toy1) -> int:
+    """The head that attends most from B to A after "A ... B"."""
+    attention = torch.zeros(4)
+    for a, b, _ in SKIP_TRIGRAMS:
+        contexts = circuits.skip_trigram_contexts(toy1, a, b, n=16)
+        _, cache = toy1.run_with_cache(contexts)
+        attention += (cache["pattern", 0][:, :, -1] * (contexts == a)[:, None]).sum(-1).mean(0)
+    return int(attention.argmax())
+
+
 def test_planted_skip_trigrams_are_found_in_the_weights(toy1):
-    found = {(a, b, c) for h in range(4) for a, b, c, _ in circuits.top_skip_trigrams(toy1, h, k=12)}
-    assert len(found & set(SKIP_TRIGRAMS)) >= 4
-    a, c = circuits.best_skip_trigram(toy1, 3, 3)
-    assert (a, 3, c) in set(SKIP_TRIGRAMS)
+    """In the blocks of the full circuits that involve planted tokens: B's favourite triggers are
+    its two partners, and A's favourite output is one of its two Cs (the ring of training.py)."""
+    head = _skip_trigram_head(toy1)
+    qk = circuits.full_qk_circuit(toy1, 0, head).AB[7:13, 1:7]
+    ov = circuits.full_ov_circuit(toy1, 0, head).AB[1:7, 13:25]
+    partners_found = sum(set((qk[i].topk(2).indices + 1).tolist()) == {a for a, b, _ in SKIP_TRIGRAMS if b == 7 + i} for i in range(6))
+    outputs_found = sum(int(ov[i].argmax()) + 13 in {c for a, _, c in SKIP_TRIGRAMS if a == 1 + i} for i in range(6))
+    assert partners_found >= 4 and outputs_found >= 4, (head, partners_found, outputs_found)
+    a, c = circuits.best_skip_trigram(toy1, head, 7)
+    assert isinstance(a, int) and isinstance(c, int) and a != toy1.cfg.bos_token_id
+
+
+def test_positional_qk_is_the_position_part_of_layer_0_scores(toy2):
+    """With token embeddings set to zero, layer 0's attention scores are exactly the positional QK."""
+    from course_lib.heads import previous_token_scores
+
+    qk = circuits.positional_qk(toy2, 0, 1)
+    assert qk.shape == (48, 48) and torch.isinf(qk[3, 4]) and qk[4, 3].isfinite()
+    edited = type(toy2)(toy2.cfg)
+    edited.load_state_dict(toy2.state_dict())
+    edited.W_E.data.zero_()
+    _, cache = edited.run_with_cache(torch.zeros(1, 48, dtype=torch.long))
+    torch.testing.assert_close(cache["blocks.0.attn.hook_attn_scores"][0, 1], qk, atol=1e-4, rtol=1e-4)
+    # The previous-token head prefers offset 1 almost everywhere, from its positions alone.
+    tokens = repeated_random_tokens(8, 20, 64, 0, seed=5)
+    head = int(previous_token_scores(toy2, tokens)[0].argmax())
+    offsets = circuits.favourite_offsets(toy2, 0, head)
+    assert (offsets == 1).float().mean() > 0.9
+
+
+def test_skip_trigram_contexts_place_a_before_b(toy1):
+    tokens = circuits.skip_trigram_contexts(toy1, 3, 9, n=50, length=20, max_gap=5, seed=1)
+    assert tokens.shape == (50, 20) and (tokens[:, 0] == 0).all() and (tokens[:, -1] == 9).all()
+    where = (tokens == 3).nonzero()
+    assert len(where) == 50 and ((19 - where[:, 1]) >= 1).all() and ((19 - where[:, 1]) <= 5).all()
+    assert ((tokens[:, 1:-1] >= 25) | (tokens[:, 1:-1] == 3)).all()
+    assert not (circuits.skip_trigram_contexts(toy1, None, 9, n=50) == 3).any()

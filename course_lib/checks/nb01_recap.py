@@ -1,5 +1,6 @@
-"""Checkers for notebook 01_recap: Shapley values (exact and sampled), masked prompts for token SHAP,
-a what-if table, a probe's held-out accuracy and the centre of gravity.
+"""Checkers for notebook 01_recap: occlusion (leave-one-out), Shapley values (exact and sampled),
+masked prompts for token Shapley values, the selectivity of a probe against a control task, and
+Tenney et al.'s expected layer.
 
 Games are random but seeded, so memorised numbers fail on the hidden cases; properties that must
 hold exactly (efficiency of a permutation estimate, determinism under a seed) are checked too.
@@ -17,7 +18,6 @@ from course_lib.checks import _trust as T
 
 _shapley = T.private_module("shapley")
 _probing = T.private_module("probing")
-_whatif = T.private_module("whatif")
 _tokens = T.private_module("tokens")
 
 
@@ -138,80 +138,177 @@ def check_masked_prompts(student_fn: Callable, *, hidden: bool = False) -> None:
         hint = ""
         if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
             inverted = _shapley.masked_prompts(tokens, players, ~masks, baseline)
+            first_only = _shapley.masked_prompts(tokens, [p[:1] for p in players], masks, baseline)
             if bool((actual == inverted).all()):
                 hint = " Hint: you replaced the players who are *in* the coalition; replace the absent ones."
+            elif bool((actual == first_only).all()):
+                hint = " Hint: only the first position of each absent player was replaced; replace every position a player owns."
         raise AssertionError(str(err) + hint) from None
     T.passed(name, 1, hidden)
 
 
-def check_logit_diff_table(student_fn: Callable, *, hidden: bool = False) -> None:
-    """logit_diff_table(model, variants, target_a, target_b, prepend_bos) -> {label: logit(a) - logit(b)}."""
-    name = "logit_diff_table"
-    smol = T.private_pretrained()
+def _review_case(model, hidden: bool):
+    """(tokens, players, positive, negative, baseline, description) on a sentiment prompt."""
     if not hidden:
-        variants = {"original": "The nurse entered the room. Then", "doctor": "The doctor entered the room. Then"}
-        targets, prepend_bos = (" she", " he"), True
+        prompt = "Review: what a great movie, if you have no taste. Sentiment (positive or negative):"
+        players = [[3, 4], [5], [6, 7], [8, 9, 10], [11], [12, 13]]
+        baseline = 0  # <|endoftext|>
     else:
-        variants = {"original": "The Colosseum is in downtown", "Eiffel": "The Eiffel Tower is in downtown", "no space": "The Colosseum is indowntown"}
-        targets, prepend_bos = (" Rome", " Paris"), False
-    report = _whatif.next_token_report(smol, variants, list(targets), prepend_bos=prepend_bos)
-    expected = dict(zip(report.index, report[f"logit diff {targets[0]!r}-{targets[1]!r}"]))
-    forbidden = T.reference_code_ids([_whatif.next_token_report, _whatif.answer_stability])
-    actual = T.call_student(student_fn, (smol, dict(variants), targets[0], targets[1], prepend_bos), forbidden, name)
+        prompt = "Review: the plot was dull but the actors were wonderful. Sentiment (positive or negative):"
+        players = [[3, 4], [5], [6], [7], [8, 9], [10, 11], [12]]
+        baseline = _tokens.single_token_id(model, " the")
+    tokens = _tokens.to_tokens(model, prompt, prepend_bos=True)[0]
+    positive, negative = _tokens.single_token_id(model, " positive"), _tokens.single_token_id(model, " negative")
+    return tokens, players, positive, negative, baseline, f"prompt {prompt!r}, players {players}, baseline id {baseline}"
+
+
+def _scores_of(model, rows, positive: int, negative: int) -> torch.Tensor:
+    with T._no_grad():
+        last = model(rows)[:, -1]
+    return T._to(last[:, positive] - last[:, negative], T._float64)
+
+
+def check_leave_one_out(student_fn: Callable, *, hidden: bool = False) -> None:
+    """leave_one_out(model, tokens, players, positive_id, negative_id, baseline_id) -> [n_players]."""
+    name = "leave_one_out"
+    smol = T.private_pretrained()
+    tokens, players, positive, negative, baseline, where = _review_case(smol, hidden)
+    expected = _shapley.leave_one_out(smol, tokens, players, positive, negative, baseline)
+    forbidden = T.reference_code_ids([_shapley.leave_one_out, _shapley.token_shapley, _shapley.masked_prompts, _shapley.logit_difference_value])
+    actual = T.call_student(student_fn, (smol, tokens.clone(), [list(p) for p in players], positive, negative, baseline), forbidden, name)
     smol.reset_hooks(including_permanent=True)
-    if not isinstance(actual, dict) or set(actual) != set(expected):
-        raise AssertionError(f"{name} should return a dict with one entry per variant {sorted(expected)}; got {actual!r:.120}.")
-    for label, value in expected.items():
-        T.assert_float_close(actual[label], value, name, atol=1e-3, rtol=1e-3, where=f"variant {label!r}, prepend_bos={prepend_bos}")
-    T.passed(name, len(expected), hidden)
+    try:
+        T.assert_tensor_close(actual, expected, name, atol=2e-3, rtol=1e-3, where=where)
+    except AssertionError as err:
+        raise AssertionError(str(err) + _leave_one_out_hint(smol, tokens, players, positive, negative, baseline, actual, expected)) from None
+    T.passed(name, 1, hidden)
 
 
-def _probe_data(seed: int, separation: float, n: int = 120, d: int = 20) -> tuple:
+def _leave_one_out_hint(model, tokens, players, positive, negative, baseline, actual, expected) -> str:
+    """Name the mistake when the student's values match a plausible wrong computation."""
+    if not T._is_tensor(actual) or tuple(actual.shape) != tuple(expected.shape):
+        return ""
+    n = len(players)
+    rows = tokens.repeat(n + 1, 1)
+    cumulative = tokens.repeat(n + 1, 1)
+    first_only = tokens.repeat(n + 1, 1)
+    for i, positions in enumerate(players):
+        rows[1 + i, positions] = baseline
+        cumulative[1 + i :, positions] = baseline  # tokens edited in place: every later row loses it too
+        first_only[1 + i, positions[0]] = baseline
+    scores = _scores_of(model, rows, positive, negative)
+    candidates = {
+        "the sign flipped: the exercise asks for v(all) - v(all but i)": scores[1:] - scores[0],
+        "v(all but i) itself, not the difference from v(all)": scores[1:],
+        "what you get when each row also keeps the earlier players removed (did you edit `tokens` in place? copy it for every row)":
+            scores[0] - _scores_of(model, cumulative, positive, negative)[1:],
+        "what you get when only the first token of each word is replaced: replace every position of player i":
+            scores[0] - _scores_of(model, first_only, positive, negative)[1:],
+    }
+    with T._no_grad():
+        probs = model(rows)[:, -1].softmax(dim=-1)
+    p_diff = T._to(probs[:, positive] - probs[:, negative], T._float64)
+    candidates["a difference of probabilities: the score is a difference of logits"] = p_diff[0] - p_diff[1:]
+    for text, value in candidates.items():
+        if T.tensors_match(actual, value, atol=2e-3, rtol=1e-3):
+            return f" Hint: your values are {text}."
+    return ""
+
+
+def _memorisable_features(seed: int, n_types: int, per_type: int, d: int = 24):
+    """Features = a random vector per word type + noise, labels from a direction of the type
+    vectors: a probe can both find the property and memorise word identities."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
+    type_vectors = rng.normal(size=(n_types, d))
     direction = rng.normal(size=d)
-    features = rng.normal(size=(n, d)) + separation * np.outer(labels - 0.5, direction / np.linalg.norm(direction)) * 2
-    train, test = _probing.split_indices(n, seed=seed)
-    return features, labels, train, test
+    type_labels = (type_vectors @ direction > 0).astype(int)
+    types = [f"w{t:02d}" for t in range(n_types) for _ in range(per_type)]
+    index = np.repeat(np.arange(n_types), per_type)
+    features = type_vectors[index] * 2.0 + rng.normal(size=(len(index), d))
+    labels = type_labels[index]
+    order = rng.permutation(len(index))  # types interleaved, so sorted order differs from first appearance
+    features, labels, types = features[order], labels[order], [types[i] for i in order]
+    train, test = _probing.split_indices(len(labels), seed=seed)
+    return features, labels, types, train, test
 
 
-def check_probe_accuracy(student_fn: Callable, *, hidden: bool = False) -> None:
-    """probe_accuracy(features, labels, train, test) -> held-out accuracy of the prescribed probe."""
-    name = "probe_accuracy"
-    cases = [(1, 4.0), (2, 0.0)] if not hidden else [(10, 1.5), (11, 3.0), (12, 0.5)]
-    forbidden = T.reference_code_ids([_probing.probe_accuracy, _probing.probe_every_layer])
-    for seed, separation in cases:
-        features, labels, train, test = _probe_data(seed, separation)
-        expected = _probing.probe_accuracy(features, labels, train, test)
-        where = f"{len(labels)} examples, separation {separation}, test size {len(test)}"
-        actual = T.call_student(student_fn, (features.copy(), labels.copy(), train.copy(), test.copy()), forbidden, name)
-        # A small tolerance: another solver or regularisation strength changes a test example or two.
+def check_selectivity(student_fn: Callable, *, hidden: bool = False) -> None:
+    """selectivity(features, labels, word_types, train, test, seed) -> task accuracy - control accuracy."""
+    name = "selectivity"
+    cases = [(1, 12, 8, 0), (2, 20, 5, 3)] if not hidden else [(11, 16, 6, 7), (12, 30, 4, 1), (13, 9, 10, 5)]
+    forbidden = T.reference_code_ids([_probing.selectivity, _probing.control_labels])
+    for data_seed, n_types, per_type, seed in cases:
+        features, labels, types, train, test = _memorisable_features(data_seed, n_types, per_type)
+        expected = _probing.selectivity(features, labels, types, train, test, seed)["selectivity"]
+        where = f"{len(labels)} examples of {n_types} word types, seed={seed}"
+        actual = T.call_student(student_fn, (features.copy(), labels.copy(), list(types), train.copy(), test.copy(), seed), forbidden, name)
         try:
-            T.assert_float_close(actual, expected, name, atol=0.035, rtol=0, where=where)
+            T.assert_float_close(actual, expected, name, atol=1e-6, rtol=0, where=where)
         except AssertionError as err:
-            on_train = _probing.probe_accuracy(features, labels, train, train)
-            hint = ""
-            if abs(T.safe_float(actual) - on_train) < 1e-6 and abs(on_train - expected) > 1e-6:
-                hint = " Hint: that is the accuracy on the training examples; score the probe on the test indices."
-            raise AssertionError(str(err) + hint) from None
+            raise AssertionError(str(err) + _selectivity_hint(features, labels, types, train, test, seed, T.safe_float(actual))) from None
     T.passed(name, len(cases), hidden)
 
 
-def check_center_of_gravity(student_fn: Callable, *, hidden: bool = False) -> None:
-    """center_of_gravity(scores) -> expected layer from the gains of the best score so far."""
-    name = "center_of_gravity"
+def _selectivity_hint(features, labels, types, train, test, seed: int, actual: float) -> str:
+    task = _probing.probe_accuracy(features, labels, train, test)
+    control = _probing.probe_accuracy(features, _probing.control_labels(types, seed), train, test)
+    per_example = np.random.default_rng(seed).integers(0, 2, size=len(types))
+    first_seen = list(dict.fromkeys(types))
+    unsorted = dict(zip(first_seen, np.random.default_rng(seed).integers(0, 2, size=len(first_seen))))
+    candidates = {
+        "the control accuracy minus the task accuracy: the sign is the other way round": control - task,
+        "the task accuracy alone: subtract the control task's accuracy": task,
+        "what you get with a fresh random label for every *example*: the control task gives each word *type* one label, kept wherever it occurs":
+            task - _probing.probe_accuracy(features, per_example, train, test),
+        "what you get when the types are labelled in order of first appearance: sort them (types = sorted(set(word_types)))":
+            task - _probing.probe_accuracy(features, np.array([unsorted[w] for w in types]), train, test),
+        "what you get when the control probe is scored on its training examples: score both probes on `test`":
+            task - _probing.probe_accuracy(features, _probing.control_labels(types, seed), train, train),
+    }
+    for text, value in candidates.items():
+        if abs(value - actual) < 1e-6:
+            return f" Hint: your number is {text}."
+    return ""
+
+
+def check_expected_layer(student_fn: Callable, *, hidden: bool = False) -> None:
+    """expected_layer(cumulative_scores) -> sum_l l * Delta_l / sum_l Delta_l on the running maximum; NaN if nothing is gained."""
+    name = "expected_layer"
     cases = [[0.5, 0.5, 1.0, 1.0], [0.5, 0.7, 0.9, 0.8, 1.0], [0.6, 0.9, 0.9]]
     if hidden:
-        cases = [[0.5, 0.6, 0.55, 0.9, 0.95, 0.92, 1.0], [0.8, 0.8, 0.8], [0.4, 1.0, 0.7, 0.7]]
+        cases = [[0.5, 0.6, 0.55, 0.9, 0.95, 0.92, 1.0], [0.8, 0.8, 0.8], [0.4, 1.0, 0.7, 0.7], [0.9, 0.7, 0.8, 0.85]]
     for scores in cases:
-        expected = _probing.center_of_gravity(scores)
-        actual = T.call_student(student_fn, (list(scores),), T.reference_code_ids([_probing.center_of_gravity]), name)
+        expected = _probing.expected_layer(scores)
+        actual = T.call_student(student_fn, (list(scores),), T.reference_code_ids([_probing.expected_layer]), name)
+        where = f"scores {scores}"
+        value = T.safe_float(actual)
+        if expected != expected:  # NaN: nothing gained
+            if isinstance(actual, bool) or value == value:
+                raise AssertionError(
+                    f"{name} returned {actual!r} ({where}), but no layer improves on layer 0, so the expected layer "
+                    "is undefined: return float('nan') (0 would claim 'solved at the embeddings', outside the range 1..L)."
+                )
+            continue
         try:
-            T.assert_float_close(actual, expected, name, atol=1e-6, rtol=1e-6, where=f"scores {scores}")
+            T.assert_float_close(actual, expected, name, atol=1e-6, rtol=1e-6, where=where)
         except AssertionError as err:
-            plain = np.diff(np.asarray(scores, dtype=float))
-            hint = ""
-            if plain.sum() > 0 and abs(T.safe_float(actual) - float((np.arange(1, len(scores)) * plain).sum() / plain.sum())) < 1e-6:
-                hint = " Hint: use the gain of the *best score so far* (np.maximum.accumulate), so a dip never counts as negative progress."
-            raise AssertionError(str(err) + hint) from None
+            raise AssertionError(str(err) + _expected_layer_hint(scores, value)) from None
     T.passed(name, len(cases), hidden)
+
+
+def _expected_layer_hint(scores, actual: float) -> str:
+    s = np.asarray(scores, dtype=float)
+    best = np.maximum.accumulate(s)
+    layers = np.arange(1, len(s))
+    candidates = {}
+    plain = np.diff(s)
+    if plain.sum() > 0:
+        candidates["the plain differences of the scores: take the running maximum first (np.maximum.accumulate), so a dip never counts as negative progress"] = (layers * plain).sum() / plain.sum()
+    deltas = np.diff(best)
+    if deltas.sum() > 0:
+        candidates["off by one: Delta_l = b_l - b_{l-1} belongs to layer l (1..L), not l - 1"] = ((layers - 1) * deltas).sum() / deltas.sum()
+    candidates["the mean layer weighted by the scores themselves: weight layers by the gains Delta_l"] = (np.arange(len(s)) * s).sum() / s.sum()
+    for text, value in candidates.items():
+        if abs(value - actual) < 1e-6:
+            return f" Hint: your number is {text}."
+    return ""

@@ -1,9 +1,8 @@
-"""Checkers for notebook 02_early_decoding: the logit lens from a cache, first top-1 layer,
-the answer's rank per layer, and KL to the final layer.
+"""Checkers for notebook 02_early_decoding: the logit lens from a cache, the logit-difference lens
+with the final norm's scale frozen, each head's direct logit attribution, and KL to the final layer.
 
 Expected values come from a private copy of `course_lib.lens`, computed before the student's
-function runs. Synthetic logits with planted answers test the edge cases (no layer gets it, ties,
-a layer that has the answer on top and then loses it).
+function runs, on SmolLM2 and on the toy models (which have no final norm).
 """
 
 from __future__ import annotations
@@ -17,12 +16,15 @@ from course_lib.checks import _trust as T
 _lens = T.private_module("lens")
 _activations = T.private_module("activations")
 _heads = T.private_module("heads")
+_tokens = T.private_module("tokens")
 
 
 def _forbidden() -> set[tuple[str, str]]:
     return T.reference_code_ids(
         [_lens.logit_lens, _lens.final_norm_and_unembed, _lens.first_top1_layer, _lens.answer_trajectory,
-         _lens.kl_to_final, _lens.entropy_per_layer, _lens.top_token_table]
+         _lens.kl_to_final, _lens.entropy_per_layer, _lens.top_token_table, _lens.logit_diff_lens,
+         _lens.logit_diff_attribution, _lens.head_logit_attribution, _lens.component_outputs,
+         _lens.logit_diff_direction, _lens.final_norm_scale]
     )
 
 
@@ -71,69 +73,93 @@ def _synthetic_lens(seed: int, n_layers: int = 8, n_pos: int = 5, d_vocab: int =
     return torch.randn(n_layers + 1, n_pos, d_vocab, generator=generator) * 3
 
 
-def _planted_cases(hidden: bool) -> list[tuple[torch.Tensor, int]]:
-    """Lens logits with an answer planted on top at chosen layers of the last position."""
-    seed = 100 if hidden else 1
-    cases = []
-    for top_layers, answer in ([[5, 6, 7, 8], 7], [[2, 8], 11], [[], 3], [[0], 0]) if not hidden else ([[3, 4, 7, 8], 21], [[8], 2], [[], 49], [[1, 2], 13], [[6, 7, 8], 0]):
-        logits = _synthetic_lens(seed + answer)
-        for layer in top_layers:
-            logits[layer, -1, answer] = logits[layer, -1].max() + 1.0
-        for layer in set(range(logits.shape[0])) - set(top_layers):  # make sure it is not on top elsewhere
-            if logits[layer, -1].argmax() == answer:
-                logits[layer, -1, answer] = logits[layer, -1].min() - 1.0
-        cases.append((logits, answer))
+def _stack_last(model, cache) -> torch.Tensor:
+    names = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    return torch.stack([cache[n][0, -1] for n in names])
+
+
+def _direction_cases(hidden: bool):
+    """(model, tokens, correct, incorrect, description) on SmolLM2 and a toy model."""
+    smol = T.private_pretrained()
+    ids = lambda a, b: (_tokens.single_token_id(smol, a), _tokens.single_token_id(smol, b))
+    if not hidden:
+        prompts = [("The Colosseum is in downtown", " Rome", " Paris")]
+        toy, toy_tokens, toy_ids = T.private_toy("attn-only-2l"), _heads.repeated_random_tokens(1, 6, 64, 0, seed=4), (9, 30)
+    else:
+        prompts = [("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+                   ("The capital of Poland is", " Warsaw", " Berlin")]
+        toy, toy_tokens, toy_ids = T.private_toy("attn-only-1l"), _heads.repeated_random_tokens(1, 8, 64, 0, seed=41), (17, 3)
+    cases = [(smol, _tokens.to_tokens(smol, p, prepend_bos=True), *ids(a, b), f"prompt {p!r}, {a!r} vs {b!r}") for p, a, b in prompts]
+    cases.append((toy, toy_tokens, *toy_ids, f"{toy.cfg.n_layers}-layer toy model, tokens {tuple(toy_tokens.shape)}, ids {toy_ids}"))
     return cases
 
 
-def check_first_top1_layer(student_fn: Callable, *, hidden: bool = False) -> None:
-    """first_top1_layer(lens_logits, answer_id) -> first layer with the answer top-1 at the last position, or None."""
-    name = "first_top1_layer"
+def _norm_weight(model):
+    return model.ln_final.weight if hasattr(model, "ln_final") else None
+
+
+def check_logit_diff_lens(student_fn: Callable, *, hidden: bool = False) -> None:
+    """logit_diff_lens(model, cache, correct_id, incorrect_id) -> [n_layers + 1]: accumulated residual, frozen final scale."""
+    name = "logit_diff_lens"
     forbidden = _forbidden()
-    cases = _planted_cases(hidden)
-    for logits, answer in cases:
-        expected = _lens.first_top1_layer(logits, answer)
-        actual = T.call_student(student_fn, (logits.clone(), answer), forbidden, name)
-        if isinstance(actual, torch.Tensor) and actual.numel() == 1:
-            actual = int(actual.item())
-        where = f"lens logits of shape {tuple(logits.shape)}, answer_id={answer}"
-        if expected is None:
-            if actual is not None:
-                raise AssertionError(f"{name} returned {actual!r} but no layer has the answer on top ({where}): return None.")
-            continue
-        if isinstance(actual, bool) or not isinstance(actual, int):
-            raise AssertionError(f"{name} should return an int (or None), got {type(actual).__name__} ({where}).")
-        if actual != expected:
-            top = logits[:, -1].argmax(-1)
-            layers = (top == answer).nonzero().flatten().tolist()
-            hint = ""
-            if layers and actual == layers[-1]:
-                hint = " Hint: that is the *last* such layer; the exercise asks for the first."
-            elif actual - 1 == expected:
-                hint = " Hint: off by one - layer 0 is the embedding slice, index 0 of the lens."
-            raise AssertionError(f"{name} returned {actual}, expected {expected} ({where}; the answer is top-1 at layers {layers}).{hint}")
+    cases = _direction_cases(hidden)
+    for model, tokens, correct, incorrect, where in cases:
+        with T._no_grad():
+            _, cache = model.run_with_cache(tokens)
+            expected = _lens.logit_diff_lens(model, cache, correct, incorrect)
+        actual = T.call_student(student_fn, (model, cache, correct, incorrect), forbidden, name)
+        model.reset_hooks(including_permanent=True)
+        try:
+            T.assert_tensor_close(actual, expected, name, atol=2e-3, rtol=2e-3, where=where)
+        except AssertionError as err:
+            raise AssertionError(str(err) + _direction_hint(model, cache, correct, incorrect, actual, _stack_last(model, cache))) from None
     T.passed(name, len(cases), hidden)
 
 
-def check_answer_rank(student_fn: Callable, *, hidden: bool = False) -> None:
-    """answer_rank(lens_logits, answer_id) -> LongTensor [n_layers + 1]: rank at the last position, 0 = top."""
-    name = "answer_rank"
+def _direction_hint(model, cache, correct: int, incorrect: int, actual, vectors: torch.Tensor) -> str:
+    """Name the mistake when the student's numbers match a plausible wrong read-out of `vectors`."""
+    if not T._is_tensor(actual) or not hasattr(model, "ln_final"):
+        return ""
+    direction = model.W_U[:, correct] - model.W_U[:, incorrect]
+    weight = _norm_weight(model)
+    scale = float(cache["ln_final.hook_scale"][0, -1])
+    with T._no_grad():
+        candidates = {
+            "each vector normalised by its own scale (model.ln_final applied to it): freeze the final residual's scale, "
+            "cache['ln_final.hook_scale'][0, -1], for every component": model.ln_final(vectors) @ direction,
+            "missing the final norm's weight: multiply by model.ln_final.weight": (vectors / scale) @ direction,
+            "missing the final norm altogether: divide by the frozen scale and multiply by the norm's weight": vectors @ direction,
+            "the logit difference the wrong way round: correct minus incorrect": -((vectors / scale * weight) @ direction),
+        }
+    for text, value in candidates.items():
+        if T.tensors_match(actual, value, atol=2e-3, rtol=2e-3):
+            return f" Hint: your numbers are {text}."
+    return ""
+
+
+def check_head_logit_attribution(student_fn: Callable, *, hidden: bool = False) -> None:
+    """head_logit_attribution(model, cache, correct_id, incorrect_id) -> [n_layers, n_heads] at the last position."""
+    name = "head_logit_attribution"
     forbidden = _forbidden()
-    cases = _planted_cases(hidden)
-    for logits, answer in cases:
-        expected = T._as_tensor(_lens.answer_trajectory(logits, answer)["rank"].tolist())
-        actual = T.call_student(student_fn, (logits.clone(), answer), forbidden, name)
-        where = f"lens logits of shape {tuple(logits.shape)}, answer_id={answer}"
+    cases = _direction_cases(hidden)
+    for model, tokens, correct, incorrect, where in cases:
+        with T._no_grad():
+            _, cache = model.run_with_cache(tokens)
+            expected = _lens.head_logit_attribution(model, cache, correct, incorrect)
+        actual = T.call_student(student_fn, (model, cache, correct, incorrect), forbidden, name)
+        model.reset_hooks(including_permanent=True)
         try:
-            T.assert_tensor_close(actual, expected, name, atol=0, rtol=0, where=where)
+            T.assert_tensor_close(actual, expected, name, atol=2e-3, rtol=2e-3, where=where)
         except AssertionError as err:
             hint = ""
             if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
-                a = actual.double()
-                if bool((a == expected.double() + 1).all()):
-                    hint = " Hint: every rank is one too high: the top token has rank 0."
-                elif bool((a == logits.shape[-1] - 1 - expected.double()).all()):
-                    hint = " Hint: you counted from the bottom: count tokens with a *higher* logit."
+                with T._no_grad():
+                    z = torch.stack([cache[f"blocks.{l}.attn.hook_z"][0, -1] for l in range(model.cfg.n_layers)])
+                    outputs = torch.einsum("lhd,lhdm->lhm", z, model.W_O)
+                    hint = _direction_hint(model, cache, correct, incorrect, actual.reshape(-1), outputs.reshape(-1, outputs.shape[-1]))
+                    first_pos = _lens.head_logit_attribution(model, cache, correct, incorrect, pos=0)
+                    if not hint and T.tensors_match(actual, first_pos, atol=2e-3, rtol=2e-3):
+                        hint = " Hint: that is the attribution at the first position; the prediction is read at the last one (index -1)."
             raise AssertionError(str(err) + hint) from None
     T.passed(name, len(cases), hidden)
 
@@ -155,8 +181,14 @@ def check_kl_to_final(student_fn: Callable, *, hidden: bool = False) -> None:
             reverse = (log_p.exp() * (log_p - log_p[-1:])).sum(-1)
             hint = ""
             if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
+                raw = (logits[-1:].softmax(-1) * (logits[-1:] - logits)).sum(-1)
+                to_first = (log_p[:1].exp() * (log_p[:1] - log_p)).sum(-1)
                 if T.tensors_match(actual, reverse, atol=1e-4, rtol=0):
                     hint = " Hint: that is KL(layer || final); the exercise asks for KL(final || layer), weighted by the final probabilities."
+                elif T.tensors_match(actual, raw, atol=1e-4, rtol=0):
+                    hint = " Hint: you used raw logits where log-probabilities belong: take log_softmax of each layer's logits first."
+                elif T.tensors_match(actual, to_first, atol=1e-4, rtol=0):
+                    hint = " Hint: that is the KL to the *first* layer (index 0); the final layer is the last one (index -1)."
                 elif bool((actual.double() < -1e-6).any()):
                     hint = " Hint: a KL divergence is never negative: use log_softmax, not raw logits, for the log-probabilities."
             raise AssertionError(str(err) + hint) from None

@@ -1,11 +1,12 @@
 """Labelled probing tasks written for the course, from shallow to deep.
 
 Each task is a list of (text, label, word type): the probe reads the residual stream at the
-text's last token. Word types let a control task (Hewitt & Liang 2019) give each type a random
-label.
+text's last token. Every word a task varies is a single token (a test checks it), so no label can
+be read off "the last token is a word fragment". Word types let a control task (Hewitt & Liang
+2019) give each type a random label.
 
 * capitalised (surface): is the last word written with a capital letter?
-* subject_number (syntax): is the subject of "The N1 of the N2" plural? Read at N2, which often
+* subject_number (syntax): is the subject of "The N1 near the N2" plural? Read at N2, which often
   has the other number (an "attractor"), so the answer is not in the last token itself.
 * in_europe (knowledge): is the city named earlier in Europe? Read at the final "in", so the
   fact must be recalled and moved to that position.
@@ -13,10 +14,13 @@ label.
 
 from __future__ import annotations
 
+# Every word is a single SmolLM2 token after a space, both lowercase and capitalised (a test checks
+# it): a probe must not be able to read "the last token is a word fragment" instead of the case.
 WORDS_FOR_CASE = (
-    "apple", "river", "garden", "window", "silver", "forest", "button", "candle", "mirror", "pocket",
-    "rabbit", "ladder", "tunnel", "pepper", "castle", "wallet", "jacket", "bottle", "engine", "planet",
-    "basket", "dragon", "meadow", "harbor", "pillow", "kettle", "summer", "winter", "marble", "anchor",
+    "apple", "river", "garden", "window", "silver", "forest", "button", "mirror", "pocket", "rabbit",
+    "tunnel", "pepper", "castle", "engine", "planet", "basket", "dragon", "harbor", "table", "chair",
+    "house", "door", "horse", "bread", "stone", "paper", "glass", "bridge", "island", "mountain",
+    "village", "church", "camera", "guitar", "piano", "kitchen", "tower", "cheese", "lemon", "tiger",
 )
 CASE_TEMPLATES = ("The next word is {}", "She wrote the word {}", "On the sign it said {}")
 
@@ -32,10 +36,11 @@ EUROPEAN_CITIES = (
     "Athens", "Oslo", "Stockholm", "Budapest", "Amsterdam", "Brussels", "Helsinki", "Copenhagen", "Munich", "Milan",
 )
 OTHER_CITIES = (
-    "Tokyo", "Beijing", "Delhi", "Cairo", "Sydney", "Chicago", "Boston", "Toronto", "Lagos", "Nairobi",
-    "Lima", "Bogota", "Seoul", "Bangkok", "Jakarta", "Manila", "Mumbai", "Shanghai", "Mexico", "Dallas",
+    "Tokyo", "Beijing", "Delhi", "Cairo", "Sydney", "Chicago", "Boston", "Toronto", "Dubai", "Nairobi",
+    "Lima", "Havana", "Seoul", "Tehran", "Santiago", "Manila", "Mumbai", "Shanghai", "Mexico", "Dallas",
 )
-CITY_TEMPLATES = ("{} is a city in", "I flew to {}, which is in", "The museum in {} is located in")
+# Every city is a single token after a space, so neither label is marked by fragmentation.
+CITY_TEMPLATES = ("The city of {} is in", "I flew to {}, which is in", "The museum in {} is located in")
 
 
 def capitalised_task() -> list[tuple[str, int, str]]:

@@ -2,15 +2,17 @@
 
 Two kinds of sequence, each starting with the BOS token 0:
 
-* repeated: a random prefix of 4..23 tokens repeated cyclically to fill the context. Predicting
-  the second copy needs an induction head (two layers); a single layer can only learn "tokens
-  seen before are likely again" (copying).
-* skip-trigram: random filler with planted patterns "A ... B C": whenever trigger A occurred
-  earlier and the current token is B, the next token is C. One layer learns these exactly
-  (B attends to A through the QK circuit, the OV circuit maps A to C).
+* repeated: a random block of 2..24 tokens, drawn from the whole vocabulary 1..63, repeated
+  cyclically to fill the context. Predicting the second copy needs an induction head (two
+  layers); a single layer can only learn "tokens seen before are likely again" (copying). Short
+  blocks are over-sampled so that induction also works at the first positions of a sequence.
+* skip-trigram: random filler with planted patterns "A ... B C": when trigger A occurred earlier
+  and the current token is B, the next token is C. The triples form a ring (see SKIP_TRIGRAMS),
+  so neither B alone (a bigram) nor A alone decides C.
 
-`train_toy(name)` is deterministic for a given seed: a test retrains and compares with the
-shipped file.
+`train_toy(name)` is deterministic on a given machine for a given seed (two runs give identical
+weights). Across machines, float kernels differ and so do the weights; the tests compare a
+retrained model with the shipped one by behaviour (head scores, losses, skip-trigram accuracy).
 """
 
 from __future__ import annotations
@@ -26,20 +28,24 @@ from torch import Tensor
 
 from course_lib.models.toy import CHECKPOINT_DIR, AttnOnlyTransformer, ToyConfig, save_toy
 
-# Planted skip-trigrams (A, B, C): "A ... B" -> "C". Each B comes in two triples with different
-# A and C, so the token after B cannot be predicted from B alone (a bigram): the model must look
-# back for A. Tokens 1..20 are reserved for them; filler and repeated prefixes use 21..63.
-SKIP_TRIGRAMS: tuple[tuple[int, int, int], ...] = (
-    (1, 3, 4),
-    (2, 3, 5),
-    (6, 8, 9),
-    (7, 8, 10),
-    (11, 13, 14),
-    (12, 13, 15),
-    (16, 18, 19),
-    (17, 18, 20),
+# Planted skip-trigrams "A ... B -> C" in a ring of six triggers A and six current tokens B:
+# trigger A_i goes with B_i (-> C_2i) and with B_i+1 (-> C_2i+1), so every A is in two triples
+# with different B and C (like "keep ... in -> mind" and "keep ... at -> bay" in Elhage et al.
+# 2021), and every B in two triples with different A and C. A head's OV circuit maps A to outputs
+# whatever B is, so a head that serves both of A's triples raises both of A's Cs: the paper's
+# "keep ... in bay" bug can arise here (notebook 03 measures it).
+SKIP_TRIGGERS = tuple(range(1, 7))  # A
+SKIP_CURRENT = tuple(range(7, 13))  # B
+SKIP_OUTPUTS = tuple(range(13, 25))  # C
+SKIP_TRIGRAMS: tuple[tuple[int, int, int], ...] = tuple(
+    triple
+    for i in range(6)
+    for triple in (
+        (SKIP_TRIGGERS[i], SKIP_CURRENT[i], SKIP_OUTPUTS[2 * i]),
+        (SKIP_TRIGGERS[i], SKIP_CURRENT[(i + 1) % 6], SKIP_OUTPUTS[2 * i + 1]),
+    )
 )
-FIRST_FREE_TOKEN = 21
+FIRST_FILLER_TOKEN = 25  # skip-trigram filler uses 25..63, so A, B and C occur only where planted
 
 
 @dataclass(frozen=True)
@@ -48,58 +54,71 @@ class TrainConfig:
 
     n_layers: int
     seed: int = 0
-    steps: int = 1200
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-2
-    weight_decay: float = 0.1
+    weight_decay: float = 0.01
     repeated_fraction: float = 0.5
+    short_block_fraction: float = 0.4  # share of repeated blocks drawn from lengths 2..8
 
 
 TOY_TRAIN_CONFIGS = {
-    "attn-only-1l": TrainConfig(n_layers=1, seed=1, repeated_fraction=0.5),
-    # Mostly repeated sequences: with weight decay 0.1 the induction circuit forms reliably
-    # (previous-token 0.94-0.96, induction 0.90-0.91 over seeds 2-4); weight decay 0.3-1.0 or a
-    # larger share of skip-trigram data left both scores near 0.7 after 1200 steps.
-    "attn-only-2l": TrainConfig(n_layers=2, seed=2, repeated_fraction=0.9),
+    "attn-only-1l": TrainConfig(n_layers=1, seed=1, steps=2000, repeated_fraction=0.3),
+    # Mostly repeated sequences. Weight decay 0.01 (not 0.1): with 0.1 the induction heads stayed
+    # at 0.6-0.8 on short blocks; over-sampling short blocks lifts them to about 0.8.
+    "attn-only-2l": TrainConfig(n_layers=2, seed=2, steps=3000, repeated_fraction=0.9),
 }
 
 
 def repeated_sequences(
-    n: int, cfg: ToyConfig, generator: torch.Generator, min_len: int = 4, max_len: int = 23
+    n: int,
+    cfg: ToyConfig,
+    generator: torch.Generator,
+    min_len: int = 2,
+    max_len: int = 24,
+    short_block_fraction: float = 0.0,
 ) -> Int[Tensor, "n n_ctx"]:
-    """BOS followed by a random prefix (length min_len..max_len) repeated to fill n_ctx."""
+    """BOS followed by a random block (length min_len..max_len, tokens 1..d_vocab-1) repeated to
+    fill n_ctx; a `short_block_fraction` of the blocks has length min_len..8."""
     seqs = torch.empty(n, cfg.n_ctx, dtype=torch.long)
     seqs[:, 0] = cfg.bos_token_id
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
+    short = torch.randint(min_len, 9, (n,), generator=generator)
+    lengths = torch.where(torch.rand(n, generator=generator) < short_block_fraction, short, lengths)
     for i in range(n):
-        prefix = torch.randint(FIRST_FREE_TOKEN, cfg.d_vocab, (int(lengths[i]),), generator=generator)
-        reps = (cfg.n_ctx - 1) // len(prefix) + 1
-        seqs[i, 1:] = prefix.repeat(reps)[: cfg.n_ctx - 1]
+        block = torch.randint(1, cfg.d_vocab, (int(lengths[i]),), generator=generator)
+        reps = (cfg.n_ctx - 1) // len(block) + 1
+        seqs[i, 1:] = block.repeat(reps)[: cfg.n_ctx - 1]
     return seqs
 
 
 def skip_trigram_sequences(
-    n: int, cfg: ToyConfig, generator: torch.Generator, patterns_per_seq: int = 4
+    n: int, cfg: ToyConfig, generator: torch.Generator, patterns_per_seq: int = 4, max_gap: int = 8
 ) -> Int[Tensor, "n n_ctx"]:
-    """BOS + random filler with `patterns_per_seq` planted "A ... B C" skip-trigrams."""
-    seqs = torch.randint(FIRST_FREE_TOKEN, cfg.d_vocab, (n, cfg.n_ctx), generator=generator)
+    """BOS + random filler with `patterns_per_seq` planted "A ... B C" skip-trigrams: each in its
+    own slot of the sequence, at a random offset, with B 1..max_gap positions after A (random
+    positions, so a head cannot find A by where it sits)."""
+    seqs = torch.randint(FIRST_FILLER_TOKEN, cfg.d_vocab, (n, cfg.n_ctx), generator=generator)
     seqs[:, 0] = cfg.bos_token_id
-    slot = (cfg.n_ctx - 1) // patterns_per_seq  # each pattern lives in its own slot of the sequence
+    slot = (cfg.n_ctx - 1) // patterns_per_seq
+    if slot < 4:
+        raise ValueError(f"n_ctx {cfg.n_ctx} is too short for {patterns_per_seq} patterns.")
     for i in range(n):
         for j in range(patterns_per_seq):
             a, b, c = SKIP_TRIGRAMS[int(torch.randint(len(SKIP_TRIGRAMS), (1,), generator=generator))]
-            start = 1 + j * slot
-            gap = int(torch.randint(1, slot - 2, (1,), generator=generator))
-            seqs[i, start] = a
-            seqs[i, start + gap] = b
-            seqs[i, start + gap + 1] = c
+            gap = int(torch.randint(1, min(max_gap, slot - 2) + 1, (1,), generator=generator))
+            offset = int(torch.randint(0, slot - gap - 1, (1,), generator=generator))
+            position = 1 + j * slot + offset
+            seqs[i, position] = a
+            seqs[i, position + gap] = b
+            seqs[i, position + gap + 1] = c
     return seqs
 
 
 def training_batch(cfg: ToyConfig, train_cfg: TrainConfig, generator: torch.Generator) -> Tensor:
     """A batch mixing repeated and skip-trigram sequences, in a fixed order for the seed."""
     n_rep = round(train_cfg.batch_size * train_cfg.repeated_fraction)
-    rep = repeated_sequences(n_rep, cfg, generator)
+    rep = repeated_sequences(n_rep, cfg, generator, short_block_fraction=train_cfg.short_block_fraction)
     skip = skip_trigram_sequences(train_cfg.batch_size - n_rep, cfg, generator)
     return torch.cat([rep, skip])
 
@@ -110,7 +129,7 @@ def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def train_toy(name: str, steps: int | None = None, log_every: int = 0) -> AttnOnlyTransformer:
-    """Train the toy model `name` from its fixed seed and return it (deterministic)."""
+    """Train the toy model `name` from its fixed seed and return it (deterministic on one machine)."""
     if name not in TOY_TRAIN_CONFIGS:
         raise ValueError(f"Unknown toy model {name!r}. Choose one of {list(TOY_TRAIN_CONFIGS)}.")
     train_cfg = TOY_TRAIN_CONFIGS[name]
@@ -129,15 +148,16 @@ def train_toy(name: str, steps: int | None = None, log_every: int = 0) -> AttnOn
         if log_every and step % log_every == 0:
             print(f"step {step:5d}  loss {loss.item():.3f}")
     model.eval()
+    model.requires_grad_(False)
     return model
 
 
 def train_and_save(name: str, out_dir: Path = CHECKPOINT_DIR) -> Path:
     """Train `name` and write `<out_dir>/<name>.safetensors`; returns the path."""
     start = time.perf_counter()
-    model = train_toy(name, log_every=200)
+    model = train_toy(name, log_every=500)
     path = Path(out_dir) / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_toy(model, path)
-    print(f"trained {name} in {time.perf_counter() - start:.1f} s -> {path}")
+    print(f"trained {name} in {time.perf_counter() - start:.0f} s -> {path}")
     return path
