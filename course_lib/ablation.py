@@ -13,7 +13,7 @@ alike (the bridge's `hook_result` sums the heads, so per-head work goes through 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from jaxtyping import Float, Int
@@ -28,6 +28,37 @@ def mean_z(model, tokens: Int[Tensor, "batch pos"], layer: int) -> Float[Tensor,
     return cache[name].mean(dim=0)
 
 
+def head_ablation_hooks(
+    model, heads: Iterable[tuple[int, int]], how: str, reference: Int[Tensor, "batch pos"] | None = None
+) -> list[tuple[str, Callable]]:
+    """Forward hooks that ablate every (layer, head) in `heads`: how="zero", or how="mean" (the
+    mean of each head's z over the batch of `reference`, position by position). Use them with
+    `model.run_with_hooks(tokens, fwd_hooks=...)` or `with model.hooks(fwd_hooks=...):`."""
+    if how not in ("zero", "mean"):
+        raise ValueError(f"how must be 'zero' or 'mean', got {how!r}.")
+    if how == "mean" and reference is None:
+        raise ValueError("mean-ablation needs `reference` tokens to average the head's output over.")
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+    hooks = []
+    for layer, layer_heads in by_layer.items():
+        means = mean_z(model, reference, layer) if how == "mean" else None
+
+        def hook(z: Tensor, hook, layer_heads=layer_heads, means=means) -> Tensor:
+            for head in layer_heads:
+                if means is None:
+                    z[:, :, head] = 0.0
+                elif z.shape[1] > means.shape[0]:
+                    raise ValueError(f"the reference batch has {means.shape[0]} positions; these tokens have {z.shape[1]}.")
+                else:
+                    z[:, :, head] = means[: z.shape[1], head]
+            return z
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
+    return hooks
+
+
 def ablated_logits(
     model,
     tokens: Int[Tensor, "batch pos"],
@@ -37,20 +68,6 @@ def ablated_logits(
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits with every (layer, head) in `heads` ablated: how="zero" or how="mean" (mean over
     `reference`, default `tokens`, at each position). The hooks are removed afterwards."""
-    if how not in ("zero", "mean"):
-        raise ValueError(f"how must be 'zero' or 'mean', got {how!r}.")
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(int(layer), []).append(int(head))
-    hooks = []
-    for layer, layer_heads in by_layer.items():
-        means = mean_z(model, tokens if reference is None else reference, layer) if how == "mean" else None
-
-        def hook(z: Tensor, hook, layer_heads=layer_heads, means=means) -> Tensor:
-            for head in layer_heads:
-                z[:, :, head] = 0.0 if means is None else means[: z.shape[1], head]
-            return z
-
-        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
+    hooks = head_ablation_hooks(model, heads, how, tokens if reference is None else reference)
     with torch.no_grad():
         return model.run_with_hooks(tokens, fwd_hooks=hooks)

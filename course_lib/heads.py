@@ -84,3 +84,45 @@ def top_heads(scores: Float[Tensor, "layer head"], k: int = 5) -> list[tuple[str
     flat = scores.flatten().topk(k)
     n_heads = scores.shape[1]
     return [(f"L{int(i) // n_heads}H{int(i) % n_heads}", float(v)) for v, i in zip(flat.values, flat.indices)]
+
+
+def tokenizer_repair_row(model, word: str, template: str, control_word: str, *, prepend_bos: bool) -> dict:
+    """Tokenizer repair (Elhage et al. 2021): `word` (e.g. " Marisol") is split into fragments; the
+    template mentions it once and ends on its first fragment (`{word}` and `{fragment}` fields).
+    Which heads look back from that fragment at the earlier continuation fragment, and which of
+    them writes the continuation? Returns one row for a table like the lecture's."""
+    from course_lib.lens import head_direct_logits, head_logit_attribution
+
+    pieces = model.to_str_tokens(word, prepend_bos=False)
+    if len(pieces) < 2:
+        raise ValueError(f"{word!r} is a single token; tokenizer repair needs a word split into fragments.")
+    fragment, continuation = pieces[0], pieces[1]
+    continuation_id = int(model.to_tokens(word, prepend_bos=False)[0, 1])
+    prompt = template.format(word=word, fragment=fragment)
+    tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
+    ids = tokens[0].tolist()
+    source = next(i for i in range(1, len(ids)) if ids[i] == continuation_id and ids[i - 1] == ids[-1])
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        control = model(model.to_tokens(template.format(word=control_word, fragment=fragment), prepend_bos=prepend_bos))
+    attention = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, :, -1, source] for l in range(model.cfg.n_layers)])
+    dla = head_logit_attribution(model, cache, continuation_id, None)
+    candidates = attention >= 0.5
+    if not bool(candidates.any()):
+        candidates = attention >= attention.max()
+    best = int(torch.where(candidates, dla, torch.tensor(float("-inf"))).flatten().argmax())
+    layer, head = divmod(best, model.cfg.n_heads)
+    out_ids = head_direct_logits(model, cache, layer, head).topk(5).indices
+    n_heads = model.cfg.n_heads
+    top_attending = attention.flatten().topk(3)
+    return {
+        "word": word, "destination (fragment)": fragment, "source (continuation)": continuation,
+        "p(continuation)": float(logits[0, -1].softmax(-1)[continuation_id]),
+        f"p, {control_word!r} mentioned instead": float(control[0, -1].softmax(-1)[continuation_id]),
+        "heads attending to the source (attention, direct logit)": ", ".join(
+            f"L{int(i) // n_heads}H{int(i) % n_heads} ({float(v):.2f}, {float(dla.flatten()[i]):+.1f})"
+            for v, i in zip(top_attending.values, top_attending.indices)
+        ),
+        "writing head": f"L{layer}H{head}", "its attention": float(attention[layer, head]), "its direct logit": float(dla[layer, head]),
+        "its top out tokens": [model.to_single_str_token(int(i)) for i in out_ids],
+    }

@@ -39,12 +39,15 @@ def _single_prompt_tokens(model, prompt_or_tokens, prepend_bos: bool) -> Int[Ten
     return tokens
 
 
-def logit_lens(model, prompt_or_tokens: str | Tensor, *, prepend_bos: bool = PREPEND_BOS) -> Float[Tensor, "layer_plus_1 pos d_vocab"]:
-    """Logit-lens logits of one prompt: [n_layers + 1, pos, d_vocab]; slice 0 is the embedding."""
+def logit_lens(
+    model, prompt_or_tokens: str | Tensor, *, prepend_bos: bool = PREPEND_BOS, layers: list[int] | None = None
+) -> Float[Tensor, "layer_plus_1 pos d_vocab"]:
+    """Logit-lens logits of one prompt: [n_layers + 1, pos, d_vocab]; slice 0 is the embedding.
+    With `layers`, only those slices (in that order): the unembedding is most of the cost."""
     tokens = _single_prompt_tokens(model, prompt_or_tokens, prepend_bos)
     with torch.no_grad():
         stack = resid_stack(model, tokens)[:, 0]  # [layer + 1, pos, d_model]
-        return final_norm_and_unembed(model, stack)
+        return final_norm_and_unembed(model, stack if layers is None else stack[list(layers)])
 
 
 def answer_trajectory(
@@ -129,10 +132,11 @@ def final_norm_scale(model, cache, pos: int = -1, batch: int = 0) -> float:
     return float(cache["ln_final.hook_scale"][batch, pos])
 
 
-def logit_diff_direction(model, correct_id: int, incorrect_id: int) -> Float[Tensor, "d_model"]:
+def logit_diff_direction(model, correct_id: int, incorrect_id: int | None) -> Float[Tensor, "d_model"]:
     """The residual direction read by logit(correct) - logit(incorrect) after the final norm:
-    (W_U[:, correct] - W_U[:, incorrect]) times the norm's weight (if the model has one)."""
-    direction = model.W_U[:, correct_id] - model.W_U[:, incorrect_id]
+    (W_U[:, correct] - W_U[:, incorrect]) times the norm's weight (if the model has one). With
+    `incorrect_id=None`, the direction of the single logit(correct)."""
+    direction = model.W_U[:, correct_id] if incorrect_id is None else model.W_U[:, correct_id] - model.W_U[:, incorrect_id]
     weight = _final_norm_weight(model)
     return direction * weight if weight is not None else direction
 
@@ -207,3 +211,11 @@ def head_logit_attribution(
     outputs = torch.einsum("lhd,lhdm->lhm", z, model.W_O)  # [layer, head, d_model]
     scale = final_norm_scale(model, cache, pos, batch)
     return (_centred(model, outputs) / scale) @ logit_diff_direction(model, correct_id, incorrect_id)
+
+
+def head_direct_logits(model, cache, layer: int, head: int, pos: int = -1, batch: int = 0) -> Float[Tensor, "d_vocab"]:
+    """What one head's output at (batch, pos) adds to every logit directly (final scale frozen)."""
+    output = cache[f"blocks.{layer}.attn.hook_z"][batch, pos, head] @ model.W_O[layer, head]
+    scaled = _centred(model, output) / final_norm_scale(model, cache, pos, batch)
+    weight = _final_norm_weight(model)
+    return (scaled * weight if weight is not None else scaled) @ model.W_U

@@ -50,3 +50,19 @@ def test_ablating_the_previous_token_head_breaks_induction_and_leaves_no_hook(to
 def test_bad_kind_is_refused(toy2):
     with pytest.raises(ValueError, match="'zero' or 'mean'"):
         ablated_logits(toy2, torch.tensor([[0, 1, 2]]), [(0, 0)], how="resample")
+
+
+def test_hooks_compose_with_run_with_cache(toy2):
+    """Inside `model.hooks(...)`, a detector's own run_with_cache sees the ablated model."""
+    from course_lib.ablation import head_ablation_hooks
+    from course_lib.heads import induction_scores, previous_token_scores
+
+    tokens = repeated_random_tokens(8, 20, 64, 0, seed=4)
+    prev_head = int(previous_token_scores(toy2, tokens)[0].argmax())
+    clean = induction_scores(toy2, tokens)[1].max()
+    with toy2.hooks(fwd_hooks=head_ablation_hooks(toy2, [(0, prev_head)], "mean", tokens)):
+        ablated = induction_scores(toy2, tokens)[1].max()
+    assert clean > 0.8 and ablated < 0.3
+    torch.testing.assert_close(induction_scores(toy2, tokens)[1].max(), clean)  # nothing left behind
+    with pytest.raises(ValueError, match="needs `reference` tokens"):
+        head_ablation_hooks(toy2, [(0, 0)], "mean")

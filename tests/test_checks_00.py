@@ -25,6 +25,20 @@ def resid_no_negative(model, tokens, layer):
     return cache[f"blocks.{layer}.hook_resid_post"]
 
 
+def resid_off_by_one(model, tokens, layer):
+    _, cache = model.run_with_cache(tokens)
+    return cache[f"blocks.{(layer + 1) % model.cfg.n_layers}.hook_resid_post"]
+
+
+def resid_attn_out(model, tokens, layer):
+    _, cache = model.run_with_cache(tokens)
+    return cache[f"blocks.{layer % model.cfg.n_layers}.hook_attn_out"]
+
+
+def resid_first_sequence_only(model, tokens, layer):
+    return resid_ok(model, tokens, layer)[:1]
+
+
 def resid_calls_reference(model, tokens, layer):
     return course_lib.activations.resid_after_layer(model, tokens, layer)
 
@@ -49,6 +63,31 @@ def prob_logit(model, prompt, answer, prepend_bos):
     if len(ids) != 1:
         raise ValueError("not one token")
     return model(model.to_tokens(prompt, prepend_bos=prepend_bos))[0, -1, ids[0]].item()
+
+
+def prob_log(model, prompt, answer, prepend_bos):
+    return float(torch.tensor(prob_ok(model, prompt, answer, prepend_bos)).log())
+
+
+def prob_first_position(model, prompt, answer, prepend_bos):
+    ids = model.to_tokens(answer, prepend_bos=False)[0]
+    if len(ids) != 1:
+        raise ValueError("not one token")
+    return model(model.to_tokens(prompt, prepend_bos=prepend_bos))[0, 0].softmax(-1)[ids[0]].item()
+
+
+def prob_softmax_over_positions(model, prompt, answer, prepend_bos):
+    ids = model.to_tokens(answer, prepend_bos=False)[0]
+    if len(ids) != 1:
+        raise ValueError("not one token")
+    return model(model.to_tokens(prompt, prepend_bos=prepend_bos))[0].softmax(0)[-1, ids[0]].item()
+
+
+def prob_answer_with_bos(model, prompt, answer, prepend_bos):
+    ids = model.to_tokens(answer, prepend_bos=True)[0]  # the start token makes every answer two tokens
+    if len(ids) != 1:
+        raise ValueError("not one token")
+    return 0.0
 
 
 def prob_first_token_only(model, prompt, answer, prepend_bos):
@@ -77,6 +116,9 @@ def test_correct_solutions_pass(checks, hidden, capsys):
         (resid_pre, r"returned wrong values .*Hint: you returned the residual stream \*before\* block"),
         (resid_no_negative, r"(?s)raised KeyError: .blocks.-1.hook_resid_post.*tensor\(2, 21\), -1\)"),
         (resid_calls_reference, "calls the course's reference implementation"),
+        (resid_off_by_one, "Hint: you returned the residual stream after block 1: off by one"),
+        (resid_attn_out, "Hint: you returned the attention output of block 0"),
+        (resid_first_sequence_only, r"returned shape \(1, 21, 64\), expected \(2, 21, 64\)"),
     ],
 )
 def test_wrong_resid_solutions_fail_with_a_precise_message(checks, fn, message):
@@ -90,6 +132,10 @@ def test_wrong_resid_solutions_fail_with_a_precise_message(checks, fn, message):
         (prob_ignores_bos, r"Hint: your number equals the value for prepend_bos=True"),
         (prob_logit, r"Hint: your number equals the raw logit"),
         (prob_first_token_only, r"should raise ValueError on input .*' Colosseum'"),
+        (prob_log, "Hint: your number equals the log-probability"),
+        (prob_first_position, "Hint: your number equals the probability at the first position"),
+        (prob_softmax_over_positions, "Hint: your number equals a softmax over the positions"),
+        (prob_answer_with_bos, r"(?s)raised ValueError: not one token.*Hint: ' Rome' is a single token. Tokenize the answer with prepend_bos=False"),
     ],
 )
 def test_wrong_probability_solutions_fail_with_a_precise_message(checks, fn, message):

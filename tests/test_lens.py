@@ -217,3 +217,9 @@ def test_layer_norm_models_are_centred_before_the_frozen_scale():
         attribution = logit_diff_attribution(model, cache, 1, 3)
         bias_term = float(norm.bias @ (model.W_U[:, 1] - model.W_U[:, 3]))
     assert float(attribution.sum()) + bias_term == pytest.approx(float(logits[0, 0, 1] - logits[0, 0, 3]), abs=1e-4)
+
+
+def test_logit_lens_on_chosen_layers_equals_the_full_lens(smollm2):
+    full = logit_lens(smollm2, "The capital of France is", prepend_bos=True)
+    some = logit_lens(smollm2, "The capital of France is", prepend_bos=True, layers=[0, 15, 30])
+    torch.testing.assert_close(some, full[[0, 15, 30]])

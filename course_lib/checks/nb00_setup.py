@@ -81,6 +81,7 @@ def _probability_hint(model, prompt: str, answer: str, prepend_bos: bool, actual
         "the raw logit: apply softmax over the vocabulary": float(logits[-1, answer_id]),
         "the log-probability: the exercise asks for the probability": float(logits[-1].log_softmax(-1)[answer_id]),
         "the probability at the first position: use the last position's logits": float(logits[0].softmax(-1)[answer_id]),
+        "a softmax over the positions: take the softmax over the vocabulary (the last dimension)": float(logits.softmax(0)[-1, answer_id]),
     }
     for text, value in candidates.items():
         if abs(value - actual) <= 1e-4 + 1e-3 * abs(value):
@@ -111,7 +112,15 @@ def check_answer_probability(student_fn: Callable, *, hidden: bool = False) -> N
     for prompt, answer, prepend_bos in cases:
         expected = _tokens.answer_probability(smol, prompt, answer, prepend_bos=prepend_bos)
         where = f"prompt={prompt!r}, answer={answer!r}, prepend_bos={prepend_bos}"
-        actual = T.call_student(student_fn, (smol, prompt, answer, prepend_bos), forbidden, name)
+        try:
+            actual = T.call_student(student_fn, (smol, prompt, answer, prepend_bos), forbidden, name)
+        except AssertionError as err:
+            if "raised ValueError" not in str(err):
+                raise
+            raise AssertionError(
+                f"{err}\nHint: {answer!r} is a single token. Tokenize the answer with prepend_bos=False: with the "
+                "start token in front, every answer looks like two tokens."
+            ) from None
         smol.reset_hooks(including_permanent=True)
         try:
             T.assert_float_close(actual, expected, name, atol=1e-5, rtol=1e-3, where=where)
