@@ -118,6 +118,9 @@ def scalar_mix_probes(
     allowed = layer_masks.bool()
     n_probes, d_model = allowed.shape[0], x.shape[-1]
     mix_logits = torch.zeros(n_probes, x.shape[0], requires_grad=True)
+    # Tenney's scalar mix has a scale gamma: gamma * sum_l s_l h_l. Without it, the L2 penalty on
+    # the classifier would favour a one-layer mix (a mix of many standardised layers is smaller).
+    gamma = torch.ones(n_probes, requires_grad=True)
     weight = torch.zeros(n_probes, d_model, requires_grad=True)
     bias = torch.zeros(n_probes, requires_grad=True)
     penalty = 1.0 / (2 * C * len(train))  # scikit-learn: C * sum(log loss) + ||w||^2 / 2
@@ -127,9 +130,9 @@ def scalar_mix_probes(
 
     def logits_for(index: Tensor) -> Tensor:
         per_layer = torch.einsum("lnd,pd->pln", x[:, index], weight)  # each layer read by each probe
-        return torch.einsum("pl,pln->pn", mix_weights(), per_layer) + bias[:, None]
+        return gamma[:, None] * torch.einsum("pl,pln->pn", mix_weights(), per_layer) + bias[:, None]
 
-    optimizer = torch.optim.LBFGS([mix_logits, weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([mix_logits, gamma, weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
     target = labels_t[train_t].expand(n_probes, -1)
 
     def closure() -> Tensor:

@@ -111,3 +111,37 @@ def test_token_values_agree_with_the_shap_library(smollm2):
     explainer = shap.explainers.Exact(batch_value, shap.maskers.Independent(background))
     theirs = explainer(np.ones((1, len(players)))).values[0]
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-4)
+
+
+REVIEW = "Review: what a great movie, if you have no taste. Sentiment (positive or negative):"
+REVIEW_PLAYERS = [[3, 4], [5], [6, 7], [8, 9, 10], [11], [12, 13]]
+
+
+def _review(smollm2):
+    from course_lib.tokens import single_token_id
+
+    tokens = smollm2.to_tokens(REVIEW, prepend_bos=True)[0]
+    return tokens, single_token_id(smollm2, " positive"), single_token_id(smollm2, " negative")
+
+
+def test_leave_one_out_equals_one_prompt_at_a_time(smollm2):
+    from course_lib.shapley import leave_one_out
+
+    tokens, pos, neg = _review(smollm2)
+    value = model_value_function(smollm2, tokens, REVIEW_PLAYERS, pos, neg, 0)
+    everyone = frozenset(range(len(REVIEW_PLAYERS)))
+    expected = torch.tensor([value(everyone) - value(everyone - {i}) for i in range(len(REVIEW_PLAYERS))], dtype=torch.float64)
+    torch.testing.assert_close(leave_one_out(smollm2, tokens, REVIEW_PLAYERS, pos, neg, 0), expected, atol=2e-3, rtol=1e-3)
+
+
+def test_background_shapley_is_the_shapley_value_of_the_expected_game(smollm2):
+    """SHAP's expectation form, computed directly (v(S) averaged over the background, then exact
+    Shapley values) equals the mean of the Baseline Shapley values, by linearity."""
+    from course_lib.shapley import background_token_shapley
+
+    tokens, pos, neg = _review(smollm2)
+    players = REVIEW_PLAYERS[:4]  # 16 coalitions: keeps the direct computation quick
+    background = [0, int(smollm2.to_tokens(" the", prepend_bos=False)[0, 0])]
+    games = [model_value_function(smollm2, tokens, players, pos, neg, b) for b in background]
+    expected = exact_shapley(lambda s: sum(g(s) for g in games) / len(games), len(players))
+    torch.testing.assert_close(background_token_shapley(smollm2, tokens, players, pos, neg, background), expected, atol=2e-3, rtol=1e-3)

@@ -22,7 +22,7 @@ WORDS_FOR_CASE = (
     "house", "door", "horse", "bread", "stone", "paper", "glass", "bridge", "island", "mountain",
     "village", "church", "camera", "guitar", "piano", "kitchen", "tower", "cheese", "lemon", "tiger",
 )
-CASE_TEMPLATES = ("The next word is {}", "She wrote the word {}", "On the sign it said {}")
+CASE_TEMPLATES = ("The next word is {}", "On the sign it said {}")
 
 SINGULAR_PLURAL = (
     ("key", "keys"), ("dog", "dogs"), ("author", "authors"), ("picture", "pictures"), ("teacher", "teachers"),
