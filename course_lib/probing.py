@@ -105,22 +105,19 @@ def scalar_mix_probes(
 ) -> tuple[np.ndarray, Float[Tensor, "probe layer"]]:
     """Train one logistic-regression probe per row of `layer_masks` [n_probes, n_layers + 1], each
     on a learned softmax-weighted mix of the layers its row allows (Tenney's scalar mix), all at
-    once. Features are standardised per layer with training statistics; the L2 penalty matches
-    scikit-learn's C. Returns (held-out accuracy per probe, mixing weights [n_probes, n_layers + 1])."""
+    once. Each layer is standardised with training statistics, and so is each mix (standing in for
+    Tenney's scale gamma): otherwise the L2 penalty, which matches scikit-learn's C, would favour
+    mixes of fewer layers, whose sums are larger. Returns (held-out accuracy per probe, mixing
+    weights [n_probes, n_layers + 1])."""
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
     if set(labels_t.unique().tolist()) - {0.0, 1.0}:
         raise ValueError("scalar_mix_probes takes binary labels 0/1.")
     train_t, test_t = torch.as_tensor(train), torch.as_tensor(test)
     x = residuals.float()
-    mean = x[:, train_t].mean(dim=1, keepdim=True)
-    std = x[:, train_t].std(dim=1, keepdim=True) + 1e-6
-    x = (x - mean) / std  # [layer, n, d]
+    x = (x - x[:, train_t].mean(dim=1, keepdim=True)) / (x[:, train_t].std(dim=1, keepdim=True) + 1e-6)
     allowed = layer_masks.bool()
     n_probes, d_model = allowed.shape[0], x.shape[-1]
     mix_logits = torch.zeros(n_probes, x.shape[0], requires_grad=True)
-    # Tenney's scalar mix has a scale gamma: gamma * sum_l s_l h_l. Without it, the L2 penalty on
-    # the classifier would favour a one-layer mix (a mix of many standardised layers is smaller).
-    gamma = torch.ones(n_probes, requires_grad=True)
     weight = torch.zeros(n_probes, d_model, requires_grad=True)
     bias = torch.zeros(n_probes, requires_grad=True)
     penalty = 1.0 / (2 * C * len(train))  # scikit-learn: C * sum(log loss) + ||w||^2 / 2
@@ -128,16 +125,22 @@ def scalar_mix_probes(
     def mix_weights() -> Tensor:
         return mix_logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
 
-    def logits_for(index: Tensor) -> Tensor:
-        per_layer = torch.einsum("lnd,pd->pln", x[:, index], weight)  # each layer read by each probe
-        return gamma[:, None] * torch.einsum("pl,pln->pn", mix_weights(), per_layer) + bias[:, None]
+    # Each layer is centred on the training examples, so every mix is too; its variance in
+    # dimension d is s^T Cov_d s, with Cov_d the covariance of dimension d across layers.
+    covariance = torch.einsum("lnd,knd->dlk", x[:, train_t], x[:, train_t]) / (len(train) - 1)
 
-    optimizer = torch.optim.LBFGS([mix_logits, gamma, weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+    def logits(index: Tensor) -> Tensor:
+        s = mix_weights()
+        std = torch.einsum("pl,dlk,pk->pd", s, covariance, s).clamp_min(1e-12).sqrt()  # of each mix
+        per_layer = torch.einsum("lnd,pd->pln", x[:, index], weight / std)
+        return torch.einsum("pl,pln->pn", s, per_layer) + bias[:, None]
+
+    optimizer = torch.optim.LBFGS([mix_logits, weight, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
     target = labels_t[train_t].expand(n_probes, -1)
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits_for(train_t), target)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits(train_t), target)
         loss = loss * n_probes + penalty * (weight**2).sum()
         loss.backward()
         return loss
@@ -145,7 +148,7 @@ def scalar_mix_probes(
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        predicted = logits_for(test_t) > 0
+        predicted = logits(test_t) > 0
         accuracy = (predicted == labels_t[test_t].bool()).float().mean(dim=1)
         return accuracy.numpy(), mix_weights().detach()
 

@@ -147,19 +147,19 @@ def probing_data(smollm2):
 
 @pytest.mark.slow
 def test_notebook_01_probing_claims(probing_data):
-    """What notebook 01 says of its probes on SmolLM2: the surface task is solved at the embeddings,
-    the centre of gravity orders the tasks surface < syntax < knowledge in both splits, and
-    memorisation (the control task) reaches the subject_number probe's accuracy at the last layer."""
+    """What notebook 01 says of its probes on SmolLM2: every task is decodable; the surface task is
+    decodable at the embeddings for most unseen words; its centre of gravity is the lowest of the
+    three in both splits; memorisation (the control task) matches the subject_number probe at the
+    last layer and scores far above chance elsewhere."""
     cog = {}
     for name, (residuals, labels, types) in probing_data.items():
         runs = [probing.cumulative_probe_scores(residuals, labels, *probing.split_by_type(types, seed=s)) for s in range(2)]
-        assert max(scores[-1] for scores, _ in runs) > 0.95, name
+        assert min(scores[-1] for scores, _ in runs) > 0.95, name
         cog[name] = [probing.center_of_gravity(weights[-1]) for _, weights in runs]
         if name == "capitalised":
-            assert all(scores[0] > 0.9 for scores, _ in runs)
-            assert all(np.isnan(e) or e <= 2 for e in (probing.expected_layer(s) for s, _ in runs))
+            assert all(scores[0] >= 0.7 for scores, _ in runs) and all(scores[12] > 0.95 for scores, _ in runs)
     for split in range(2):
-        assert cog["capitalised"][split] < cog["subject_number"][split] < cog["in_europe"][split], cog
+        assert cog["capitalised"][split] + 5 < min(cog["subject_number"][split], cog["in_europe"][split]), cog
     residuals, labels, types = probing_data["subject_number"]
     train, test = probing.split_indices(len(labels), seed=0)
     last = probing.selectivity(residuals[30].numpy(), labels, types, train, test, seed=0)
