@@ -32,10 +32,16 @@ def repeated_random_tokens(
 
 def attention_patterns(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch head q k"]:
     """Every layer's attention pattern, stacked: [n_layers, batch, head, query, key]."""
+    return patterns_and_logits(model, tokens)[0]
+
+
+def patterns_and_logits(model, tokens: Int[Tensor, "batch pos"]) -> tuple[Float[Tensor, "layer batch head q k"], Tensor]:
+    """Every layer's attention pattern [n_layers, batch, head, query, key] and the logits, from one
+    forward pass."""
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
-    return torch.stack([cache[name] for name in names])
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    return torch.stack([cache[name] for name in names]), logits
 
 
 def _offset_score(patterns: Tensor, offset: int, first_query: int) -> Float[Tensor, "layer head"]:
@@ -50,14 +56,18 @@ def previous_token_scores(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tens
     return _offset_score(attention_patterns(model, tokens), offset=1, first_query=1)
 
 
-def induction_scores(model, tokens: Int[Tensor, "batch 1+2*half"]) -> Float[Tensor, "layer head"]:
+def induction_scores(
+    model, tokens: Int[Tensor, "batch 1+2*half"], patterns: Float[Tensor, "layer batch head q k"] | None = None
+) -> Float[Tensor, "layer head"]:
     """Mean attention, on the second copy, to the token after the earlier occurrence.
 
     For tokens = [BOS, x_1..x_n, x_1..x_n], query position n+i (holding x_i) should attend to
-    position i+1 (holding x_{i+1}): an offset of n - 1.
+    position i+1 (holding x_{i+1}): an offset of n - 1. Pass `patterns` (from
+    `attention_patterns`) to score patterns already computed.
     """
     half = (tokens.shape[1] - 1) // 2
-    return _offset_score(attention_patterns(model, tokens), offset=half - 1, first_query=half + 1)
+    patterns = attention_patterns(model, tokens) if patterns is None else patterns
+    return _offset_score(patterns, offset=half - 1, first_query=half + 1)
 
 
 def duplicate_token_scores(model, tokens: Int[Tensor, "batch 1+2*half"]) -> Float[Tensor, "layer head"]:
@@ -72,10 +82,10 @@ def first_token_scores(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor,
     return patterns[..., 1:, 0].mean(dim=(1, -1))
 
 
-def per_token_loss(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_minus_1"]:
-    """Cross-entropy of predicting tokens[:, t + 1] at every position t."""
+def per_token_loss(model, tokens: Int[Tensor, "batch pos"], logits: Tensor | None = None) -> Float[Tensor, "batch pos_minus_1"]:
+    """Cross-entropy of predicting tokens[:, t + 1] at every position t (from `logits` if given)."""
     with torch.no_grad():
-        log_probs = model(tokens).log_softmax(dim=-1)
+        log_probs = (model(tokens) if logits is None else logits).log_softmax(dim=-1)
     return -log_probs[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
