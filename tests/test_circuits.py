@@ -150,3 +150,20 @@ def test_skip_trigram_contexts_place_a_before_b(toy1):
     assert len(where) == 50 and ((19 - where[:, 1]) >= 1).all() and ((19 - where[:, 1]) <= 5).all()
     assert ((tokens[:, 1:-1] >= 25) | (tokens[:, 1:-1] == 3)).all()
     assert not (circuits.skip_trigram_contexts(toy1, None, 9, n=50) == 3).any()
+
+
+def test_the_skip_trigram_heads_divide_the_ring_as_notebook_03_says(toy1):
+    """The head that attends most from B to A serves B = 8, 9, 11, 12 (its QK rows peak on their two
+    partners) and ignores B = 7 and 10; for A = 2 and 5, whose two triples it both serves, its OV
+    row raises both outputs."""
+    head = _skip_trigram_head(toy1)
+    qk = circuits.full_qk_circuit(toy1, 0, head).AB
+    ov = circuits.full_ov_circuit(toy1, 0, head).AB
+    for b in (8, 9, 11, 12):
+        partners = {a for a, bb, _ in SKIP_TRIGRAMS if bb == b}
+        assert set((qk[b, 1:7].topk(2).indices + 1).tolist()) == partners, b
+    for b in (7, 10):
+        assert qk[b, 1:7].max() < 0.5 * qk[8, 1:7].max(), b
+    for a in (2, 5):
+        outputs = {c for aa, _, c in SKIP_TRIGRAMS if aa == a}
+        assert set((ov[a, 13:25].topk(2).indices + 13).tolist()) == outputs, a

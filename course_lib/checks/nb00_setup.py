@@ -30,17 +30,17 @@ def _resid_hint(model, tokens, layer: int, actual) -> str:
         return ""
     layer = layer % model.cfg.n_layers
     names = {
-        f"blocks.{layer}.hook_resid_pre": "the residual stream *before* block {layer} (hook_resid_pre)",
-        f"blocks.{layer}.hook_attn_out": "the attention output of block {layer} (hook_attn_out), not the stream",
+        f"blocks.{layer}.hook_resid_pre": f"the residual stream *before* block {layer} (hook_resid_pre)",
+        f"blocks.{layer}.hook_attn_out": f"the attention output of block {layer} (hook_attn_out), not the stream",
     }
     if layer + 1 < model.cfg.n_layers:
-        names[f"blocks.{layer + 1}.hook_resid_post"] = "the residual stream after block {layer + 1}: off by one"
+        names[f"blocks.{layer + 1}.hook_resid_post"] = f"the residual stream after block {layer + 1}: off by one"
     with T._no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     for key, text in names.items():
         other = cache[key]
         if T.tensors_match(actual, other, atol=1e-4, rtol=0):
-            return " Hint: you returned " + text.format(layer=layer) + "."
+            return " Hint: you returned " + text + "."
     return ""
 
 
