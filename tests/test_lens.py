@@ -185,9 +185,9 @@ def test_toy_models_have_no_final_norm_and_still_add_up(toy2):
     tokens = torch.tensor([[0, 5, 9, 33, 5, 9]])
     with torch.no_grad():
         logits, cache = toy2.run_with_cache(tokens)
-    diff = float(logits[0, -1, 33] - logits[0, -1, 7])
-    assert float(logit_diff_lens(toy2, cache, 33, 7)[-1]) == pytest.approx(diff, abs=1e-4)
-    attribution = logit_diff_attribution(toy2, cache, 33, 7)
+        diff = float(logits[0, -1, 33] - logits[0, -1, 7])
+        assert float(logit_diff_lens(toy2, cache, 33, 7)[-1]) == pytest.approx(diff, abs=1e-4)
+        attribution = logit_diff_attribution(toy2, cache, 33, 7)
     assert list(attribution.index) == ["embed"] + [f"L{l}H{h}" for l in range(2) for h in range(4)]
     assert float(attribution.sum()) == pytest.approx(diff, abs=1e-4)
 

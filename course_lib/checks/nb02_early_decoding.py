@@ -98,22 +98,32 @@ def _norm_weight(model):
     return model.ln_final.weight if hasattr(model, "ln_final") else None
 
 
-def check_logit_diff_lens(student_fn: Callable, *, hidden: bool = False) -> None:
-    """logit_diff_lens(model, cache, correct_id, incorrect_id) -> [n_layers + 1]: accumulated residual, frozen final scale."""
-    name = "logit_diff_lens"
+def _check_read_out(name: str, reference: Callable, hint: Callable, student_fn: Callable, hidden: bool) -> None:
+    """Shared loop of the two frozen-scale exercises: expected values first, then the student's."""
     forbidden = _forbidden()
     cases = _direction_cases(hidden)
     for model, tokens, correct, incorrect, where in cases:
         with T._no_grad():
             _, cache = model.run_with_cache(tokens)
-            expected = _lens.logit_diff_lens(model, cache, correct, incorrect)
+            expected = reference(model, cache, correct, incorrect)
         actual = T.call_student(student_fn, (model, cache, correct, incorrect), forbidden, name)
         model.reset_hooks(including_permanent=True)
         try:
             T.assert_tensor_close(actual, expected, name, atol=2e-3, rtol=2e-3, where=where)
         except AssertionError as err:
-            raise AssertionError(str(err) + _direction_hint(model, cache, correct, incorrect, actual, _stack_last(model, cache))) from None
+            with T._no_grad():
+                text = hint(model, cache, correct, incorrect, actual, expected)
+            raise AssertionError(str(err) + text) from None
     T.passed(name, len(cases), hidden)
+
+
+def check_logit_diff_lens(student_fn: Callable, *, hidden: bool = False) -> None:
+    """logit_diff_lens(model, cache, correct_id, incorrect_id) -> [n_layers + 1]: accumulated residual, frozen final scale."""
+
+    def hint(model, cache, correct, incorrect, actual, expected) -> str:
+        return _direction_hint(model, cache, correct, incorrect, actual, _stack_last(model, cache))
+
+    _check_read_out("logit_diff_lens", _lens.logit_diff_lens, hint, student_fn, hidden)
 
 
 def _direction_hint(model, cache, correct: int, incorrect: int, actual, vectors: torch.Tensor) -> str:
@@ -139,29 +149,18 @@ def _direction_hint(model, cache, correct: int, incorrect: int, actual, vectors:
 
 def check_head_logit_attribution(student_fn: Callable, *, hidden: bool = False) -> None:
     """head_logit_attribution(model, cache, correct_id, incorrect_id) -> [n_layers, n_heads] at the last position."""
-    name = "head_logit_attribution"
-    forbidden = _forbidden()
-    cases = _direction_cases(hidden)
-    for model, tokens, correct, incorrect, where in cases:
-        with T._no_grad():
-            _, cache = model.run_with_cache(tokens)
-            expected = _lens.head_logit_attribution(model, cache, correct, incorrect)
-        actual = T.call_student(student_fn, (model, cache, correct, incorrect), forbidden, name)
-        model.reset_hooks(including_permanent=True)
-        try:
-            T.assert_tensor_close(actual, expected, name, atol=2e-3, rtol=2e-3, where=where)
-        except AssertionError as err:
-            hint = ""
-            if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape):
-                with T._no_grad():
-                    z = torch.stack([cache[f"blocks.{l}.attn.hook_z"][0, -1] for l in range(model.cfg.n_layers)])
-                    outputs = torch.einsum("lhd,lhdm->lhm", z, model.W_O)
-                    hint = _direction_hint(model, cache, correct, incorrect, actual.reshape(-1), outputs.reshape(-1, outputs.shape[-1]))
-                    first_pos = _lens.head_logit_attribution(model, cache, correct, incorrect, pos=0)
-                    if not hint and T.tensors_match(actual, first_pos, atol=2e-3, rtol=2e-3):
-                        hint = " Hint: that is the attribution at the first position; the prediction is read at the last one (index -1)."
-            raise AssertionError(str(err) + hint) from None
-    T.passed(name, len(cases), hidden)
+
+    def hint(model, cache, correct, incorrect, actual, expected) -> str:
+        if not T._is_tensor(actual) or tuple(actual.shape) != tuple(expected.shape):
+            return ""
+        z = torch.stack([cache[f"blocks.{l}.attn.hook_z"][0, -1] for l in range(model.cfg.n_layers)])
+        outputs = torch.einsum("lhd,lhdm->lhm", z, model.W_O)
+        text = _direction_hint(model, cache, correct, incorrect, actual.reshape(-1), outputs.reshape(-1, outputs.shape[-1]))
+        if not text and T.tensors_match(actual, _lens.head_logit_attribution(model, cache, correct, incorrect, pos=0), atol=2e-3, rtol=2e-3):
+            text = " Hint: that is the attribution at the first position; the prediction is read at the last one (index -1)."
+        return text
+
+    _check_read_out("head_logit_attribution", _lens.head_logit_attribution, hint, student_fn, hidden)
 
 
 def check_kl_to_final(student_fn: Callable, *, hidden: bool = False) -> None:
