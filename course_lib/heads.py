@@ -1,4 +1,5 @@
-"""Attention-head detectors: previous-token, induction, duplicate-token and first-token scores.
+"""Attention-head detectors: previous-token, induction, duplicate-token and first-token scores,
+and a look at tokenizer repair (which heads glue a split word back together).
 
 Each score is the mean attention a head pays to one chosen key position, averaged over the query
 positions where that key exists. The inputs are repeated random sequences, on which these
@@ -111,7 +112,13 @@ def tokenizer_repair_row(model, word: str, template: str, control_word: str, *, 
     prompt = template.format(word=word, fragment=fragment)
     tokens = model.to_tokens(prompt, prepend_bos=prepend_bos)
     ids = tokens[0].tolist()
-    source = next(i for i in range(1, len(ids)) if ids[i] == continuation_id and ids[i - 1] == ids[-1])
+    sources = [i for i in range(1, len(ids) - 1) if ids[i] == continuation_id and ids[i - 1] == ids[-1]]
+    if "{word}" not in template or "{fragment}" not in template or not template.endswith("{fragment}") or not sources:
+        raise ValueError(
+            f"the template must mention {{word}} first and end with {{fragment}} (e.g. 'I met{{word}} at the "
+            f"station. Later that day,{{fragment}}'); got {template!r}."
+        )
+    source = sources[0]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens)
         control = model(model.to_tokens(template.format(word=control_word, fragment=fragment), prepend_bos=prepend_bos))

@@ -9,7 +9,7 @@ For the tokens of a prompt, a coalition's value needs the model's output with so
 "absent". Replacing every absent token by one baseline token gives **Baseline Shapley**
 (Sundararajan & Najmi 2020, "The many Shapley values for model explanation"): `token_shapley`.
 SHAP (Lundberg & Lee 2017) instead takes v(S) as an *expectation* over a background
-distribution of reference inputs; with a finite background that is the average of the Baseline
+distribution of reference inputs (interventionally, as the `shap` library does); with a finite background that is the average of the Baseline
 Shapley values over the background (`background_token_shapley`). Leave-one-out occlusion
 (`leave_one_out`) is the simplest what-if attribution: one marginal contribution per player,
 against the full prompt only.
@@ -134,8 +134,8 @@ def token_shapley(
     baseline_id: int,
     batch_size: int = 128,
 ) -> tuple[Float[Tensor, "n_players"], dict[frozenset, float]]:
-    """Exact Shapley values of groups of prompt tokens for logit(positive) - logit(negative) at the
-    last position, absent players' tokens replaced by `baseline_id`. All 2^n coalitions run in
+    """Exact Baseline Shapley values of groups of prompt tokens for logit(positive) - logit(negative)
+    at the last position, absent players' tokens replaced by `baseline_id`. All 2^n coalitions run in
     batches of `batch_size`. Returns (values, table of v(S))."""
     n = len(players)
     if n > 14:
@@ -174,9 +174,9 @@ def background_token_shapley(
     background_ids: list[int],
     batch_size: int = 128,
 ) -> Float[Tensor, "n_players"]:
-    """SHAP's expectation form: v(S) is the mean of the value over a background of reference
-    inputs (here: every absent position filled with one background token, one reference input per
-    token). Shapley values are linear in v, so this equals the mean of the Baseline Shapley values
+    """SHAP's expectation form (the interventional one the `shap` library computes): v(S) is the
+    mean of the value over a background of reference inputs (here: every absent position filled
+    with one background token, one reference input per token). Shapley values are linear in v, so this equals the mean of the Baseline Shapley values
     over the background tokens; computed that way."""
     values = [token_shapley(model, tokens, players, positive_id, negative_id, b, batch_size)[0] for b in background_ids]
     return torch.stack(values).mean(dim=0)

@@ -128,3 +128,5 @@ def test_smollm2_repairs_split_names_with_l23h2(smollm2):
 
     with pytest.raises(ValueError, match="single token"):
         tokenizer_repair_row(smollm2, " Rome", "I met{word}.{fragment}", " Bob", prepend_bos=True)
+    with pytest.raises(ValueError, match="end with"):
+        tokenizer_repair_row(smollm2, " Marisol", "Later that day,{fragment} we met{word}", " Bob", prepend_bos=True)
