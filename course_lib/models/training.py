@@ -12,7 +12,7 @@ Two kinds of sequence, each starting with the BOS token 0:
 
 `train_toy(name)` is deterministic on a given machine for a given seed (two runs give identical
 weights). Across machines, float kernels differ and so do the weights; the tests compare a
-retrained model with the shipped one by behaviour (head scores, losses, skip-trigram accuracy).
+retrained model to the shipped one's behavioural bar (head scores, losses, skip-trigram accuracy).
 """
 
 from __future__ import annotations
