@@ -158,3 +158,43 @@ def attribution_bars(pieces: list[str], attributions: dict[str, np.ndarray], tit
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def patching_heatmaps(panels: dict[str, np.ndarray], x_labels, title: str = "", x_label: str = "position", y_label: str = "layer", value_label: str = "metric", vmin: float | None = None, vmax: float | None = None) -> Figure:
+    """Side-by-side layer x (position or head) heatmaps of patching results, one panel per label.
+
+    Diverging colours centred on 0 (blue up, red down) and one shared colour scale, so panels compare.
+    """
+    arrays = {k: np.asarray(v, dtype=float) for k, v in panels.items()}
+    bound = max(float(np.nanmax(np.abs(a))) for a in arrays.values()) or 1.0
+    lo = -bound if vmin is None else vmin
+    hi = bound if vmax is None else vmax
+    n_rows, n_cols = next(iter(arrays.values())).shape
+    fig, axes = plt.subplots(1, len(arrays), figsize=(min(4.5, 0.45 * n_cols + 1.6) * len(arrays) + 1, max(3.2, 0.16 * n_rows + 1.5)), squeeze=False)
+    for ax, (label, values) in zip(axes[0], arrays.items()):
+        image = ax.imshow(values, cmap="RdBu", vmin=lo, vmax=hi, aspect="auto", origin="lower")
+        ax.set_xticks(range(n_cols), [str(x) for x in x_labels], rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(0, n_rows, max(1, n_rows // 10)))
+        ax.set_xlabel(x_label)
+        ax.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel(y_label)
+    fig.colorbar(image, ax=list(axes[0]), label=value_label, shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def estimate_scatter(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "", x_label: str = "exact patching", y_label: str = "attribution patching") -> Figure:
+    """Estimated against exact effects, one panel per label, with the diagonal and the correlation."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.3), squeeze=False)
+    for ax, (label, (exact, estimate)) in zip(axes[0], panels.items()):
+        exact, estimate = np.asarray(exact, float).ravel(), np.asarray(estimate, float).ravel()
+        ax.scatter(exact, estimate, s=8, alpha=0.6)
+        lo, hi = min(exact.min(), estimate.min()), max(exact.max(), estimate.max())
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+        r = np.corrcoef(exact, estimate)[0, 1] if exact.std() > 0 and estimate.std() > 0 else float("nan")
+        ax.set_title(f"{label}  (r = {r:.2f})", fontsize=9)
+        ax.set_xlabel(x_label)
+    axes[0][0].set_ylabel(y_label)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -33,6 +33,11 @@ class ToyConfig:
     n_ctx: int = 48
     bos_token_id: int = 0
 
+    @property
+    def device(self) -> str:
+        """Toy models live on the CPU (TransformerLens's patching functions read cfg.device)."""
+        return "cpu"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
