@@ -218,3 +218,17 @@ def test_attribution_matches_exact_patching_for_small_steps(smollm2, fact):
         base = metric(smollm2(pair.corrupted_tokens))
     assert (exact - base).abs().max() > 1e-3
     assert (estimate - exact).abs().max() < 0.05 * (exact - base).abs().max()
+
+
+def test_several_metrics_from_one_sweep_and_windows_of_one_layer(smollm2, fact):
+    pair, clean_cache, _, metric = fact
+    metrics = {"logit_diff": metric, "prob": patching.prob_metric(pair.clean_answer_id)}
+    both = patching.sweep(smollm2, pair.corrupted_tokens, clean_cache, "mlp_out", metrics, progress=False)
+    alone = patching.sweep(smollm2, pair.corrupted_tokens, clean_cache, "mlp_out", metrics["prob"], progress=False)
+    torch.testing.assert_close(both["prob"], alone)
+    # A window of one layer is the single-location sweep at that position.
+    window = patching.window_sweep(smollm2, pair.corrupted_tokens, clean_cache, "mlp_out", 4, 1, metric)
+    torch.testing.assert_close(window, both["logit_diff"][:, 4], atol=2e-4, rtol=1e-4)
+    assert list(patching.sweeps.window_layers(0, 10, 30)) == list(range(0, 5))
+    assert list(patching.sweeps.window_layers(15, 10, 30)) == list(range(10, 20))
+    assert list(patching.sweeps.window_layers(29, 10, 30)) == list(range(24, 30))

@@ -26,8 +26,7 @@ through hooks, many locations per forward pass. Both give TransformerLens's numb
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from jaxtyping import Float, Int
@@ -130,26 +129,34 @@ def sweep(
     base_tokens: Int[Tensor, "batch pos"],
     source_cache,
     kind: str,
-    metric: Callable[[Tensor], Tensor],
+    metric: Callable[[Tensor], Tensor] | Mapping[str, Callable[[Tensor], Tensor]],
     *,
     reduce: str = "scalar",
     last_position_only: bool | None = None,
     progress: bool = True,
-) -> Tensor:
+) -> Tensor | dict[str, Tensor]:
     """Patch every location of `kind` from `source_cache` into a run of `base_tokens`; metric per location.
 
-    `last_position_only=None` probes the metric (see `reads_only_last_position`).
+    `metric` may be a dict of metrics: every one is read from the same patched runs and a dict of
+    results comes back. `last_position_only=None` probes the metric (see `reads_only_last_position`).
     """
     if reduce not in ("scalar", "mean"):
         raise ValueError(f"reduce must be 'scalar' or 'mean', got {reduce!r}.")
     _check_inputs(model, base_tokens, source_cache, kind)
     batch, n_pos = base_tokens.shape
-    evaluate = lambda logits: _scalar(metric(logits), reduce, batch)  # noqa: E731
+    metrics = dict(metric) if isinstance(metric, Mapping) else {"metric": metric}
+
+    def evaluate(logits: Tensor) -> Tensor:
+        return torch.stack([_scalar(fn(logits), reduce, batch) for fn in metrics.values()])
+
     if LlamaStack.supports(model):
         values = _sweep_llama(model, base_tokens, source_cache, kind, evaluate, last_position_only, progress)
     else:
         values = _sweep_hooks(model, base_tokens, source_cache, kind, evaluate, progress)
-    return values.reshape(result_shape(model, kind, n_pos))
+    shape = result_shape(model, kind, n_pos)
+    if not isinstance(metric, Mapping):
+        return values[:, 0].reshape(shape)
+    return {name: values[:, i].reshape(shape) for i, name in enumerate(metrics)}
 
 
 # ----- the fast path: rerun only what changes ---------------------------------------------------
@@ -204,7 +211,7 @@ def _sweep_llama(model, tokens, cache, kind, evaluate, last_position_only, progr
     for i, loc in enumerate(locs):
         start = 0 if kind == "head_out_all_pos" else loc[1]
         by_start.setdefault(start, []).append(i)
-    values = torch.empty(len(locs))
+    values = torch.empty(len(locs), len(evaluate(run.logits)))
     batch, n_pos = tokens.shape
     d_wide = max(stack.layers[0]["W_gate"].shape[0] * 2, stack.W_U.shape[0] if not last_position_only else 0)
     bar = tqdm(total=len(locs), desc=f"patching {kind}", disable=not progress, leave=False)
@@ -231,7 +238,7 @@ def _sweep_hooks(model, tokens, cache, kind, evaluate, progress) -> Tensor:
     locs = locations(model, kind, tokens.shape[1])
     batch, n_pos = tokens.shape
     per_forward = max(1, MAX_BATCH_FLOATS // (batch * n_pos * max(model.cfg.d_model * 4, model.cfg.d_vocab)))
-    values = torch.empty(len(locs))
+    values = None
     by_layer: dict[int, list[int]] = {}
     for i, loc in enumerate(locs):
         by_layer.setdefault(loc[0], []).append(i)
@@ -258,7 +265,10 @@ def _sweep_hooks(model, tokens, cache, kind, evaluate, progress) -> Tensor:
             with torch.no_grad():
                 logits = model.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=[(name, patch)])
             for k, i in enumerate(chunk):
-                values[i] = evaluate(logits[k * batch : (k + 1) * batch])
+                value = evaluate(logits[k * batch : (k + 1) * batch])
+                if values is None:
+                    values = torch.empty(len(locs), len(value))
+                values[i] = value
             bar.update(len(chunk))
     bar.close()
     return values
@@ -289,3 +299,38 @@ def one_location(model, base_tokens, source_cache, kind: str, location: tuple[in
     with torch.no_grad():
         logits = model.run_with_hooks(base_tokens, fwd_hooks=[(name, patch)])
     return float(metric(logits))
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """The layers of a window of `window` layers centred on `layer`, clipped at the ends (as in ROME)."""
+    low = max(0, layer - window // 2)
+    return range(low, min(n_layers, layer - window // 2 + window))
+
+
+def window_sweep(model, base_tokens: Int[Tensor, "batch pos"], source_cache, kind: str, pos: int, window: int, metric) -> Float[Tensor, "n_layers"]:
+    """For each layer l, patch `kind` (attn_out or mlp_out) at `pos` in every layer of a window
+    centred on l at once, and read the metric: Meng et al. (2022)'s causal tracing of attention and
+    MLP states, which restores 10 layers at a time because one layer's share is small. One batched
+    forward pass for all windows."""
+    if kind not in ("attn_out", "mlp_out"):
+        raise ValueError(f"window_sweep patches attn_out or mlp_out, got {kind!r}.")
+    _check_inputs(model, base_tokens, source_cache, kind)
+    n_layers = model.cfg.n_layers
+    batch = base_tokens.shape[0]
+    if not -base_tokens.shape[1] <= pos < base_tokens.shape[1]:
+        raise ValueError(f"pos {pos} is outside the prompt's {base_tokens.shape[1]} positions.")
+    hooks = []
+    for layer in range(n_layers):
+        rows = [centre for centre in range(n_layers) if layer in window_layers(centre, window, n_layers)]
+        source = source_cache[HOOK_NAMES[kind].format(layer)][:, pos]
+
+        def patch(act: Tensor, hook, rows=rows, source=source) -> Tensor:
+            act = act.clone()
+            for centre in rows:
+                act[centre * batch : (centre + 1) * batch, pos] = source
+            return act
+
+        hooks.append((HOOK_NAMES[kind].format(layer), patch))
+    with torch.no_grad():
+        logits = model.run_with_hooks(base_tokens.repeat(n_layers, 1), fwd_hooks=hooks)
+    return torch.stack([_scalar(metric(logits[c * batch : (c + 1) * batch]), "scalar", batch) for c in range(n_layers)])
