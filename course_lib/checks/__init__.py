@@ -16,6 +16,7 @@ NOTEBOOK_CHECKS = {
     "01_recap": "checks.nb01_recap",
     "02_early_decoding": "checks.nb02_early_decoding",
     "03_residual_stream": "checks.nb03_residual_stream",
+    "04_activation_patching": "checks.nb04_activation_patching",
 }
 
 
