@@ -105,6 +105,16 @@ def test_engine_base_run_matches_the_bridge(smollm2, fact):
         torch.testing.assert_close(run.z[layer], clean_cache[f"blocks.{layer}.attn.hook_z"], atol=1e-4, rtol=1e-4)
 
 
+def test_hooks_the_user_attached_send_sweeps_down_the_hook_path(smollm2):
+    """The engine cannot run a user's hooks, so it steps aside while any are attached."""
+    smollm2.add_hook("blocks.3.hook_resid_pre", lambda resid, hook: resid)
+    try:
+        assert not LlamaStack.supports(smollm2)
+    finally:
+        smollm2.reset_hooks()
+    assert LlamaStack.supports(smollm2)
+
+
 @pytest.mark.parametrize("kind", patching.KINDS)
 def test_every_sweep_kind_agrees_with_transformer_lens_on_smollm2(smollm2, fact, kind):
     """Both directions, at random locations (TransformerLens takes a full forward per location)."""

@@ -233,31 +233,40 @@ def _cumulative_sweep(model, tokens, cache, metric) -> torch.Tensor:
     return result
 
 
-def check_residual_sweep(student_fn: Callable, *, hidden: bool = False) -> None:
-    """residual_sweep(model, corrupted_tokens, clean_cache, metric) -> [n_layers, pos]."""
-    name = "residual_sweep"
+def _check_sweep(student_fn: Callable, name: str, kind: str, hidden: bool, hint_for: Callable) -> None:
+    """Run a sweep exercise on the toy cases against the reference sweep of `kind`;
+    `hint_for(actual, expected, model, corrupted, cache, metric)` names the mistake."""
     forbidden = T.reference_code_ids([_sweeps.sweep, _sweeps._sweep_hooks, _sweeps._sweep_llama])
     cases = _sweep_cases(hidden)
     for model, clean, corrupted in cases:
         with T._no_grad():
             _, cache = model.run_with_cache(clean)
         metric = _toy_metric(clean)
-        expected = _sweeps.sweep(model, corrupted, cache, "resid_pre", metric, progress=False)
+        expected = _sweeps.sweep(model, corrupted, cache, kind, metric, progress=False)
         where = f"{model.cfg.n_layers}-layer toy model, tokens of shape {tuple(corrupted.shape)}"
         actual = T.call_student(student_fn, (model, corrupted.clone(), cache, metric), forbidden, name)
         try:
             T.assert_tensor_close(actual, expected, name, atol=1e-4, rtol=1e-4, where=where)
         except AssertionError as err:
-            hint = ""
-            if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.T.shape):
-                hint = "transposed: rows are layers, columns positions, [n_layers, pos]."
-            elif T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape) and model.cfg.n_layers > 1 and T.tensors_match(actual[:-1], expected[1:], atol=1e-4):
-                hint = "row l holds the patch of layer l + 1's input: patch blocks.{l}.hook_resid_pre (the input of layer l), not resid_post."
-            elif T.tensors_match(actual, _cumulative_sweep(model, corrupted, cache, metric), atol=1e-4):
-                hint = ("each entry has every earlier location patched too: the hooks of earlier patches are still attached. "
-                        "run_with_hooks removes its hooks after the run; model.add_hook does not.")
-            raise _hint(err, hint) from None
+            raise _hint(err, hint_for(actual, expected, model, corrupted, cache, metric)) from None
     T.passed(name, len(cases), hidden)
+
+
+def _residual_sweep_hint(actual, expected, model, corrupted, cache, metric) -> str:
+    same_shape = T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.shape)
+    if T._is_tensor(actual) and tuple(actual.shape) == tuple(expected.T.shape):
+        return "transposed: rows are layers, columns positions, [n_layers, pos]."
+    if same_shape and model.cfg.n_layers > 1 and T.tensors_match(actual[:-1], expected[1:], atol=1e-4):
+        return "row l holds the patch of layer l + 1's input: patch blocks.{l}.hook_resid_pre (the input of layer l), not resid_post."
+    if T.tensors_match(actual, _cumulative_sweep(model, corrupted, cache, metric), atol=1e-4):
+        return ("each entry has every earlier location patched too: the hooks of earlier patches are still attached. "
+                "run_with_hooks removes its hooks after the run; model.add_hook does not.")
+    return ""
+
+
+def check_residual_sweep(student_fn: Callable, *, hidden: bool = False) -> None:
+    """residual_sweep(model, corrupted_tokens, clean_cache, metric) -> [n_layers, pos]."""
+    _check_sweep(student_fn, "residual_sweep", "resid_pre", hidden, _residual_sweep_hint)
 
 
 def _z_variant(model, tokens, cache, layer: int, head: int, positions, hook_kind: str = "z") -> torch.Tensor:
@@ -266,34 +275,27 @@ def _z_variant(model, tokens, cache, layer: int, head: int, positions, hook_kind
     return _patched_logits(model, tokens, cache, hook_name, index)
 
 
+def _head_sweep_hint(actual, expected, model, corrupted, cache, metric) -> str:
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    if T._is_tensor(actual) and tuple(actual.shape) == shape[::-1] and shape[0] != shape[1]:
+        return "transposed: rows are layers, columns heads, [n_layers, n_heads]."
+
+    def variant(positions, kind):
+        return torch.tensor([[float(metric(_z_variant(model, corrupted, cache, l, h, positions, kind)))
+                              for h in range(shape[1])] for l in range(shape[0])])
+
+    if T.tensors_match(actual, variant(-1, "z"), atol=1e-4):
+        return "you patched the last position only; patch the head's z at every position ([:, :, head])."
+    if T.tensors_match(actual, variant(slice(None), "q"), atol=1e-4):
+        return "you patched the head's queries (hook_q); its output is hook_z (z is what W_O maps into the stream)."
+    if T.tensors_match(actual, variant(slice(None), "pattern"), atol=1e-4):
+        return "you patched the attention pattern; the head's output is hook_z, which also carries the values."
+    return ""
+
+
 def check_head_sweep(student_fn: Callable, *, hidden: bool = False) -> None:
     """head_sweep(model, corrupted_tokens, clean_cache, metric) -> [n_layers, n_heads]."""
-    name = "head_sweep"
-    forbidden = T.reference_code_ids([_sweeps.sweep, _sweeps._sweep_hooks, _sweeps._sweep_llama])
-    cases = _sweep_cases(hidden)
-    for model, clean, corrupted in cases:
-        with T._no_grad():
-            _, cache = model.run_with_cache(clean)
-        metric = _toy_metric(clean)
-        expected = _sweeps.sweep(model, corrupted, cache, "head_out_all_pos", metric, progress=False)
-        where = f"{model.cfg.n_layers}-layer toy model, tokens of shape {tuple(corrupted.shape)}"
-        actual = T.call_student(student_fn, (model, corrupted.clone(), cache, metric), forbidden, name)
-        try:
-            T.assert_tensor_close(actual, expected, name, atol=1e-4, rtol=1e-4, where=where)
-        except AssertionError as err:
-            hint = ""
-            shape = (model.cfg.n_layers, model.cfg.n_heads)
-            variant = lambda positions, kind: torch.tensor([[float(metric(_z_variant(model, corrupted, cache, l, h, positions, kind))) for h in range(shape[1])] for l in range(shape[0])])  # noqa: E731
-            if T._is_tensor(actual) and tuple(actual.shape) == shape[::-1] and shape[0] != shape[1]:
-                hint = "transposed: rows are layers, columns heads, [n_layers, n_heads]."
-            elif T.tensors_match(actual, variant(-1, "z"), atol=1e-4):
-                hint = "you patched the last position only; patch the head's z at every position ([:, :, head])."
-            elif T.tensors_match(actual, variant(slice(None), "q"), atol=1e-4):
-                hint = "you patched the head's queries (hook_q); its output is hook_z (z is what W_O maps into the stream)."
-            elif T.tensors_match(actual, variant(slice(None), "pattern"), atol=1e-4):
-                hint = "you patched the attention pattern; the head's output is hook_z, which also carries the values."
-            raise _hint(err, hint) from None
-    T.passed(name, len(cases), hidden)
+    _check_sweep(student_fn, "head_sweep", "head_out_all_pos", hidden, _head_sweep_hint)
 
 
 # ----- exercise 6: both directions ----------------------------------------------------------------

@@ -90,6 +90,8 @@ class LlamaStack:
         """True for an unprocessed TransformerBridge over a bias-free Llama-style model."""
         if getattr(model, "compatibility_mode", False):
             return False  # processed (folded, centred) weights: leave it to the hook path
+        if any(hook_point.fwd_hooks for hook_point in getattr(model, "hook_dict", {}).values()):
+            return False  # hooks the user attached must act in every patched run: the hook path runs them
         hf = getattr(model, "original_model", None)
         try:
             layer = hf.model.layers[0]

@@ -52,21 +52,20 @@ def logit_diff(logits, correct_ids, incorrect_ids) -> Float[Tensor, ""]:
     return (answer_logit(logits, correct_ids) - answer_logit(logits, incorrect_ids)).mean()
 
 
+def answer_log_prob_per_prompt(logits, ids) -> Float[Tensor, "batch"]:
+    """log p(answer) at the last position, one value per prompt."""
+    last = _last(logits).log_softmax(dim=-1)
+    return last.gather(-1, _ids(ids, last.shape[0], last.device)[:, None])[:, 0]
+
+
 def answer_log_prob(logits, ids) -> Float[Tensor, ""]:
     """Mean over prompts of log p(answer) at the last position."""
-    last = _last(logits).log_softmax(dim=-1)
-    return last.gather(-1, _ids(ids, last.shape[0], last.device)[:, None])[:, 0].mean()
+    return answer_log_prob_per_prompt(logits, ids).mean()
 
 
 def answer_prob(logits, ids) -> Float[Tensor, ""]:
     """Mean over prompts of p(answer) at the last position."""
     return answer_log_prob_per_prompt(logits, ids).exp().mean()
-
-
-def answer_log_prob_per_prompt(logits, ids) -> Float[Tensor, "batch"]:
-    """log p(answer) at the last position, one value per prompt."""
-    last = _last(logits).log_softmax(dim=-1)
-    return last.gather(-1, _ids(ids, last.shape[0], last.device)[:, None])[:, 0]
 
 
 def answer_rank(logits, ids) -> Float[Tensor, ""]:
