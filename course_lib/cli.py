@@ -87,9 +87,30 @@ def cmd_release(args) -> int:
 def cmd_check(args) -> int:
     from course_lib.grading import check_notebook, format_results
 
-    results = check_notebook(Path(args.notebook), Path(args.root) if args.root else None)
+    notebook = Path(args.notebook)
+    if notebook.is_file():
+        import datetime
+
+        saved = datetime.datetime.fromtimestamp(notebook.stat().st_mtime)
+        print(
+            f"Grading {notebook} as saved on disk at {saved:%H:%M:%S} ({_ago(saved)}). Edits not saved "
+            "in JupyterLab are not included: save first (Ctrl+S)."
+        )
+    results = check_notebook(notebook, Path(args.root) if args.root else None)
     print(format_results(results))
     return 0 if all(r.score >= r.max_score for r in results) else 1
+
+
+def _ago(moment) -> str:
+    """'42 s ago', '5 min ago' or '3 h ago'."""
+    import datetime
+
+    seconds = max(0, int((datetime.datetime.now() - moment).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
 
 
 def cmd_autograde(args) -> int:

@@ -27,6 +27,10 @@ SUSPICIOUS_ATTRIBUTES = {
     "__code__", "__globals__", "__closure__", "cell_contents", "__builtins__", "__defaults__",
     "__kwdefaults__", "setprofile", "settrace", "modules", "_trust", "_private_modules",
     "_private_models", "reload", "_exit", "f_back", "f_globals", "f_locals",
+    # IPython's error display: a handler that prints nothing would turn a failed test cell into
+    # one with no error output, which nbgrader scores as passed.
+    "set_custom_exc", "CustomTB", "custom_exceptions", "showtraceback", "_showtraceback",
+    "InteractiveTB", "events",
 }
 
 

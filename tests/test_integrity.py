@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
         "from course_lib.checks import _trust",
         "exec('x = 1')",
         "import sys\nsys.setprofile(None)",
+        "get_ipython().set_custom_exc((AssertionError,), lambda *a, **k: [])",
+        "ip = get_ipython()\nip.events.register('post_run_cell', clear)",
     ],
 )
 def test_tampering_is_flagged(source):

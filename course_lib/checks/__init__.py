@@ -1,6 +1,7 @@
 """Exercise checkers, one module per notebook: `load_checks("00_setup").check_<exercise>(fn)`.
 
-Importing this package captures the trusted primitives the checkers rely on (see `_trust`).
+Importing this package captures the trusted primitives the checkers rely on (see `_trust`) and, in
+Jupyter, makes a failed check print its message rather than the checker's stack (see `_feedback`).
 `load_checks` executes the notebook's checker module afresh from its file on every call, so a
 student who rebinds a checker function in the notebook does not change what the test cells run.
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import types
 
-from course_lib.checks import _trust
+from course_lib.checks import _feedback, _trust
+
+_feedback.install_short_check_failures()  # in Jupyter: a failed check prints its message, not a stack
 
 NOTEBOOK_CHECKS = {
     "00_setup": "checks.nb00_setup",

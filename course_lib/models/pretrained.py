@@ -114,12 +114,23 @@ def ensure_smollm2_cache() -> Path:
 def _load_hf(source: str | Path, offline: bool):
     """Load an HF causal LM and its tokenizer in float32 with eager attention (hookable)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     kwargs = {"local_files_only": True} if offline else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.float32, attn_implementation="eager", **kwargs
-    )
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    # Reading local weights takes a second or two: its "Loading weights" bar would only clutter a
+    # notebook (and the output of test cells, whose checkers load their own copy). A download from
+    # the hub keeps its bars.
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if offline:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation="eager", **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     return model, tokenizer
 
 
