@@ -84,13 +84,24 @@ def attention_heads(pattern, str_tokens: list[str], title: str = "", head_labels
 
 
 def score_heatmap(scores, title: str, row_label: str = "layer", col_label: str = "head", fmt: str = "{:.2f}", row_names=None, col_names=None) -> Figure:
-    """A small matrix of scores with the value written in each cell."""
+    """A matrix of scores with values written in the cells.
+
+    A small matrix (up to 12 rows) shows every value. A taller one (e.g. 30 layers x 9 heads) has
+    no room for readable numbers in every cell, so it writes only the notable ones, at least a
+    quarter of the largest magnitude, and says so under the plot.
+    """
     scores = np.asarray(scores)
-    fig, ax = plt.subplots(figsize=(0.6 * scores.shape[1] + 2, min(0.35 * scores.shape[0] + 1.5, 6.0)))
+    tall = scores.shape[0] > 12
+    fig, ax = plt.subplots(figsize=(0.6 * scores.shape[1] + 2, min(0.35 * scores.shape[0] + 1.5, 6.5)))
     image = ax.imshow(scores, cmap="viridis", aspect="auto")
     if scores.size <= 400:
+        threshold = 0.25 * float(np.abs(scores).max()) if tall else -np.inf
         for (r, c), value in np.ndenumerate(scores):
-            ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=7 if scores.shape[0] <= 12 else 5, color="white" if value < scores.max() * 0.6 else "black")
+            if abs(value) >= threshold:
+                ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=7,
+                        color="white" if value < scores.max() * 0.6 else "black")
+        if tall:
+            col_label = f"{col_label}\n(numbers written where |value| \u2265 {threshold:.2g}, a quarter of the largest)"
     ax.set_xticks(range(scores.shape[1]), col_names if col_names is not None else range(scores.shape[1]))
     ax.set_yticks(range(scores.shape[0]), row_names if row_names is not None else range(scores.shape[0]))
     ax.set_xlabel(col_label)

@@ -102,7 +102,10 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
     sub = lambda student: root / "submitted" / student / ASSIGNMENT / "00_setup.ipynb"
 
     shutil.copytree(solution.parent, sub("alice").parent)  # every solution notebook: full marks
-    shutil.copytree(student_nb.parent, sub("bob").parent)  # the release untouched: zero, runs to the end
+    # The release untouched: zero, runs to the end. One notebook is enough here; the browser tests
+    # (`make test-browser`) run every released notebook to its last cell and see every test fail.
+    sub("bob").parent.mkdir(parents=True)
+    shutil.copy(student_nb, sub("bob"))
     _edit_answer(  # rebinds the checker and calls the reference: no points, flagged
         student_nb, "resid_after_layer",
         "import course_lib.checks, course_lib.activations\n"
@@ -124,7 +127,6 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
 
     rows = {r["student"]: r for r in csv.DictReader(export_grades(root, ASSIGNMENT, root / "grades.csv").open())}
     assert set(rows) == {"alice", "bob", "carol", "dave", "eve"}, "every submission gets a row"
-    n_notebooks = len(list(solution.parent.glob("*.ipynb")))
     assert float(rows["alice"]["total"]) == float(rows["alice"]["max_total"]) > 6.0
     assert all(float(rows["alice"][nb.stem]) > 0 for nb in solution.parent.glob("*.ipynb"))
     assert float(rows["bob"]["total"]) == 0.0
@@ -136,7 +138,7 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
 
     # The untouched release ran to the end: errors only in test cells.
     graded_notebooks = sorted((root / "autograded" / "bob" / ASSIGNMENT).glob("*.ipynb"))
-    assert len(graded_notebooks) == n_notebooks
+    assert [p.name for p in graded_notebooks] == ["00_setup.ipynb"]
     for path in graded_notebooks:
         for cell in nbformat.read(path, as_version=4).cells:
             meta = cell.metadata.get("nbgrader", {})
