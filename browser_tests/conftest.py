@@ -39,7 +39,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def page(browser, lab, request):
     """A fresh browser page; after the test, no request may have left this machine."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context = browser.new_context(viewport={"width": 1400, "height": 1600})
     page = context.new_page()
     outside: list[str] = []
     page.on("request", lambda request: outside.append(request.url) if not is_loopback(request.url) else None)

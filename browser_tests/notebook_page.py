@@ -97,7 +97,7 @@ def screenshot_figures(page: Page, out_dir: Path, limit: int = 40) -> list[Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
     figures = page.locator(
-        f"{NOTEBOOK} .jp-OutputArea-output img, {NOTEBOOK} .jp-OutputArea-output .jp-RenderedHTMLCommon:has(canvas)"
+        f"{NOTEBOOK} .jp-OutputArea-output img, {NOTEBOOK} .jp-OutputArea-output:has(canvas)"
     )
     for i in range(min(figures.count(), limit)):
         figure = figures.nth(i)

@@ -15,6 +15,7 @@ import pytest
 
 from lab import ARTIFACTS, REPO
 from notebook_page import (
+    NOTEBOOK,
     broken_images,
     canvases_with_pixels,
     open_notebook,
@@ -76,6 +77,13 @@ def test_released_notebook_runs_all_to_the_last_cell(page, lab, name):
     for cell in failed_tests:
         text = "\n".join(line for o in cell.outputs if o.output_type == "error" for line in o.traceback)
         assert "_trust.py" not in text, "a failed check should print its message, not the checker's stack"
+    # What a student sees under the first test: the exercise, the check's one-line message.
+    first = nb.cells.index(failed_tests[0])
+    cells = page.locator(f"{NOTEBOOK} .jp-Cell")
+    cells.nth(first).scroll_into_view_if_needed()
+    shot = ARTIFACTS / "notebooks" / Path(name).stem / "first-failed-check.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    cells.nth(first).screenshot(path=str(shot))
     assert not _figure_outputs_without_image(nb)
     assert not broken_images(page)
     screenshot_figures(page, ARTIFACTS / "notebooks" / Path(name).stem)
