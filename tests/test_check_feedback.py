@@ -22,7 +22,10 @@ CELLS = [
     'load_checks("04_activation_patching").check_logit_diff(logit_diff)',
     # 4: an AssertionError of the student's own, outside any checker
     "x = 1\nassert x == 2, 'my own assertion'",
-    # 5: a passing check
+    # 5: an assert in the student's own function, called by the checker
+    "def logit_diff(logits, correct_id, incorrect_id):\n    assert logits.ndim == 2, 'expected 2-d logits'\n"
+    'load_checks("04_activation_patching").check_logit_diff(logit_diff)',
+    # 6: a passing check
     "def logit_diff(logits, correct_id, incorrect_id):\n"
     "    last = logits[:, -1]\n"
     "    c = torch.as_tensor(correct_id).expand(last.shape[0])\n"
@@ -75,8 +78,10 @@ def test_the_students_own_traceback_is_kept(executed):
 
 @pytest.mark.enable_socket
 @pytest.mark.allow_hosts(["127.0.0.1", "::1", "localhost"])
-def test_other_assertions_keep_the_usual_traceback_and_passing_checks_print_success(executed):
+def test_the_students_own_assertions_keep_the_usual_traceback_and_passing_checks_print_success(executed):
     text = _plain(_error(executed[4]).traceback)
     assert "Check failed" not in text and "assert x == 2" in text and "my own assertion" in text
-    assert not [o for o in executed[5].outputs if o.output_type == "error"]
-    assert "\u2714" in "".join(o.get("text", "") for o in executed[5].outputs)
+    text = _plain(_error(executed[5]).traceback)
+    assert "Check failed" not in text and "expected 2-d logits" in text and "assert logits.ndim == 2" in text
+    assert not [o for o in executed[6].outputs if o.output_type == "error"]
+    assert "\u2714" in "".join(o.get("text", "") for o in executed[6].outputs)

@@ -20,12 +20,16 @@ _RED, _RESET = "\x1b[31m", "\x1b[0m"
 
 
 def raised_by_a_checker(tb: TracebackType | None) -> bool:
-    """True when any frame of the traceback runs code from course_lib/checks."""
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith(_CHECKS_DIR):
-            return True
+    """True when the exception was raised by checker code (its innermost frame is in course_lib/checks).
+
+    An `assert` in the student's own function, even one called by a checker, is the student's
+    to debug: it keeps the usual traceback.
+    """
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
         tb = tb.tb_next
-    return False
+    return tb.tb_frame.f_code.co_filename.startswith(_CHECKS_DIR)
 
 
 def check_failure_lines(shell, value: BaseException) -> list[str]:
