@@ -41,6 +41,17 @@ def _errors(cell) -> list[str]:
     return [f"{o.ename}: {o.evalue}"[:200] for o in cell.get("outputs", []) if o.output_type == "error"]
 
 
+def _nbgrader_scores(nb) -> dict[str, tuple[float, float]]:
+    """grade_id -> (points, max points), by nbgrader's own rule applied to the cells as run here."""
+    from nbgrader.utils import determine_grade
+
+    return {
+        c.metadata.nbgrader.grade_id: determine_grade(c)
+        for c in nb.cells
+        if c.cell_type == "code" and _is_test_cell(c)
+    }
+
+
 def _figure_outputs_without_image(nb) -> list[str]:
     """matplotlib figures that reached the notebook as text ('<Figure size ...>') and not as an image."""
     bad = []
@@ -74,6 +85,8 @@ def test_released_notebook_runs_all_to_the_last_cell(page, lab, name):
     visible_tests = [c for c in code if _is_test_cell(c) and not c.source.lstrip().startswith("#")]
     failed_tests = [c for c in visible_tests if _errors(c)]
     assert visible_tests and failed_tests == visible_tests, "every test of the release should fail (nothing is solved)"
+    scores = _nbgrader_scores(nb)
+    assert all(scores[c.metadata.nbgrader.grade_id][0] == 0 for c in visible_tests), scores
     for cell in failed_tests:
         text = "\n".join(line for o in cell.outputs if o.output_type == "error" for line in o.traceback)
         assert "_trust.py" not in text, "a failed check should print its message, not the checker's stack"
@@ -97,6 +110,10 @@ def test_solution_notebook_runs_to_the_end_without_errors(page, lab, name):
     assert all(c.execution_count for c in code), f"Run All stopped early: {prompts}"
     errors = {c.source[:60]: _errors(c) for c in code if _errors(c)}
     assert not errors, f"error outputs: {errors}"
+    # The solution notebook holds the hidden tests too, so this is every test the autograder runs,
+    # scored by nbgrader's rule (an error or any stderr output scores zero).
+    scores = _nbgrader_scores(nb)
+    assert scores and all(points == full for points, full in scores.values()), scores
     stderr = [o.text for c in code for o in c.get("outputs", []) if o.output_type == "stream" and o.name == "stderr"]
     assert not any("Loading weights" in text for text in stderr), "a progress bar leaked into the outputs"
     assert not _figure_outputs_without_image(nb)

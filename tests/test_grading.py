@@ -101,7 +101,10 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
     student_nb = root / "notebooks" / ASSIGNMENT / "00_setup.ipynb"
     sub = lambda student: root / "submitted" / student / ASSIGNMENT / "00_setup.ipynb"
 
-    shutil.copytree(solution.parent, sub("alice").parent)  # every solution notebook: full marks
+    # A solution notebook: full marks. One is enough here: the browser tests (`make test-browser`)
+    # run every solution notebook, hidden tests included, and score each test cell by nbgrader's rule.
+    sub("alice").parent.mkdir(parents=True)
+    shutil.copy(solution, sub("alice"))
     # The release untouched: zero, runs to the end. One notebook is enough here; the browser tests
     # (`make test-browser`) run every released notebook to its last cell and see every test fail.
     sub("bob").parent.mkdir(parents=True)
@@ -127,8 +130,7 @@ def test_a_hostile_class_is_graded_in_one_call(tmp_path):
 
     rows = {r["student"]: r for r in csv.DictReader(export_grades(root, ASSIGNMENT, root / "grades.csv").open())}
     assert set(rows) == {"alice", "bob", "carol", "dave", "eve"}, "every submission gets a row"
-    assert float(rows["alice"]["total"]) == float(rows["alice"]["max_total"]) > 6.0
-    assert all(float(rows["alice"][nb.stem]) > 0 for nb in solution.parent.glob("*.ipynb"))
+    assert float(rows["alice"]["00_setup"]) == 6.0
     assert float(rows["bob"]["total"]) == 0.0
     assert float(rows["carol"]["00_setup:test_resid_after_layer"]) == 0.0
     assert float(rows["carol"]["00_setup:test_resid_after_layer_hidden"]) == 0.0

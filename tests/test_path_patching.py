@@ -141,3 +141,32 @@ def test_all_heads_to_the_logits_at_once_equals_one_path_patch_per_head(toy2, se
     assert float(fast.std()) > 0.05, "a test that heads differ from one another"
     with pytest.raises(ValueError, match="last position"):
         path.path_patch_heads_to_logits(toy2, s["clean"], s["corrupted"], s["metric"])  # reads the repeat
+
+
+@pytest.fixture(scope="module")
+def ioi_pair(smollm2):
+    from course_lib.data import ioi
+    from course_lib.patching import metrics
+
+    clean = ioi.ioi_dataset(smollm2, 12, seed=0)
+    abc = ioi.corrupt(smollm2, clean, "abc")
+    metric = lambda logits: metrics.logit_diff(logits, clean.io_ids, clean.s_ids)
+    return clean.tokens, abc.tokens, metric
+
+
+def test_smollm2_heads_to_logits_at_once_agree_with_single_path_patches(smollm2, ioi_pair):
+    clean, abc, metric = ioi_pair
+    fast = path.path_patch_heads_to_logits(smollm2, clean, abc, metric)
+    assert fast.shape == (30, 9)
+    for head in [(23, 3), (29, 1)]:  # the largest direct effects measured here
+        assert float(fast[head]) == pytest.approx(path.path_patch(smollm2, clean, abc, [head], metric), abs=2e-3)
+    with torch.no_grad():
+        clean_value = float(metric(smollm2(clean)))
+    assert clean_value - float(fast.min()) > 1.0, "some head's direct path carries the answer"
+
+
+def test_smollm2_key_paths_are_shared_by_a_key_value_group(smollm2, ioi_pair):
+    """Grouped-query attention: query heads 3, 4, 5 read one key head, so their key paths are one path."""
+    clean, abc, metric = ioi_pair
+    k = [path.path_patch(smollm2, clean, abc, [(10, 0)], metric, [(12, h)], "k") for h in (3, 5)]
+    assert k[0] == pytest.approx(k[1], abs=1e-5)
