@@ -25,7 +25,17 @@ CELLS = [
     # 5: an assert in the student's own function, called by the checker
     "def logit_diff(logits, correct_id, incorrect_id):\n    assert logits.ndim == 2, 'expected 2-d logits'\n"
     'load_checks("04_activation_patching").check_logit_diff(logit_diff)',
-    # 6: a passing check
+    # 6: a correct function that warns (a common torch pattern): it must keep its points
+    "import warnings\n"
+    "def logit_diff(logits, correct_id, incorrect_id):\n"
+    "    warnings.warn('a warning from the student')\n"
+    "    last = logits[:, -1]\n"
+    "    c = torch.as_tensor(correct_id).expand(last.shape[0])\n"
+    "    i = torch.as_tensor(incorrect_id).expand(last.shape[0])\n"
+    "    rows = torch.arange(last.shape[0])\n"
+    "    return torch.tensor((last[rows, c] - last[rows, i]).mean())\n"
+    'load_checks("04_activation_patching").check_logit_diff(logit_diff)',
+    # 7: a passing check
     "def logit_diff(logits, correct_id, incorrect_id):\n"
     "    last = logits[:, -1]\n"
     "    c = torch.as_tensor(correct_id).expand(last.shape[0])\n"
@@ -83,5 +93,19 @@ def test_the_students_own_assertions_keep_the_usual_traceback_and_passing_checks
     assert "Check failed" not in text and "assert x == 2" in text and "my own assertion" in text
     text = _plain(_error(executed[5]).traceback)
     assert "Check failed" not in text and "expected 2-d logits" in text and "assert logits.ndim == 2" in text
-    assert not [o for o in executed[6].outputs if o.output_type == "error"]
-    assert "\u2714" in "".join(o.get("text", "") for o in executed[6].outputs)
+    assert not [o for o in executed[7].outputs if o.output_type == "error"]
+    assert "\u2714" in "".join(o.get("text", "") for o in executed[7].outputs)
+
+
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1", "::1", "localhost"])
+def test_a_correct_function_that_warns_keeps_its_points(executed):
+    """nbgrader scores any stderr output in a test cell as a failure: checks print warnings on stdout."""
+    from nbgrader.utils import determine_grade
+
+    cell = executed[6]
+    assert not [o for o in cell.outputs if o.output_type == "error" or o.get("name") == "stderr"], cell.outputs
+    stdout = "".join(o.get("text", "") for o in cell.outputs)
+    assert "\u2714" in stdout and "a warning from the student" in stdout
+    cell.metadata["nbgrader"] = {"grade": True, "grade_id": "t", "points": 1, "solution": False, "locked": True}
+    assert determine_grade(cell) == (1, 1)

@@ -8,7 +8,11 @@ student who rebinds a checker function in the notebook does not change what the 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 import types
+import warnings
 
 from course_lib.checks import _feedback, _trust
 
@@ -23,13 +27,42 @@ NOTEBOOK_CHECKS = {
 }
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"Warning (it does not change your grade): {category.__name__}: {message}")
+
+
+@contextlib.contextmanager
+def _stderr_to_stdout():
+    """While a check runs, warnings and anything written to stderr go to stdout instead.
+
+    nbgrader scores a test cell with *any* stderr output as failed, so a correct function that
+    merely warns (say, `torch.tensor(a_tensor)`) would lose its points. The student still sees
+    the warning, as ordinary output.
+    """
+    with contextlib.redirect_stderr(sys.stdout), warnings.catch_warnings():
+        warnings.showwarning = _print_warning
+        yield
+
+
+def _stdout_only(check):
+    @functools.wraps(check)
+    def run(*args, **kwargs):
+        with _stderr_to_stdout():
+            return check(*args, **kwargs)
+    return run
+
+
 def load_checks(notebook: str) -> types.ModuleType:
     """A fresh copy of the checker module for `notebook` (e.g. "00_setup")."""
     if notebook not in NOTEBOOK_CHECKS:
         raise KeyError(f"No checks for notebook {notebook!r}; known: {sorted(NOTEBOOK_CHECKS)}.")
     dotted = NOTEBOOK_CHECKS[notebook]
     _trust._private_modules.pop(dotted, None)  # re-executed from disk on every load
-    return _trust.private_module(dotted)
+    with _stderr_to_stdout():
+        module = _trust.private_module(dotted)
+    for name in [n for n in vars(module) if n.startswith("check_") and callable(vars(module)[n])]:
+        setattr(module, name, _stdout_only(getattr(module, name)))
+    return module
 
 
 __all__ = ["load_checks", "NOTEBOOK_CHECKS"]
