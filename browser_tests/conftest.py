@@ -16,7 +16,8 @@ def lab(tmp_path_factory):
     server = start_lab(root)
     yield server
     server.stop()
-    shutil.copy(server.log_path, ARTIFACTS / "lab.log") if ARTIFACTS.exists() else None
+    if ARTIFACTS.exists():
+        shutil.copy(server.log_path, ARTIFACTS / "lab.log")
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,14 @@ def open_notebook(page: Page, url: str, timeout_s: float = 120) -> None:
     )
 
 
+def open_menu(page: Page, menu: str) -> None:
+    """Click a menu in the menu bar (File, Run, Nbgrader, ...)."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=menu).first.click()
+
+
 def menu_command(page: Page, menu: str, command: str) -> None:
     """Click a menu in the menu bar, then one of its items (by JupyterLab command id)."""
-    page.locator(".lm-MenuBar-itemLabel", has_text=menu).first.click()
+    open_menu(page, menu)
     page.locator(f'.lm-Menu-item[data-command="{command}"]').first.click()
 
 

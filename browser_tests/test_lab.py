@@ -18,6 +18,7 @@ from notebook_page import (
     NOTEBOOK,
     broken_images,
     canvases_with_pixels,
+    open_menu,
     open_notebook,
     run_all,
     save,
@@ -138,7 +139,7 @@ def test_assignment_list_finds_the_exchange(page, lab):
     """The student's Nbgrader > Assignment List shows no exchange error (a course-local exchange)."""
     page.goto(lab.lab_url("tree/notebooks"))
     page.wait_for_selector(".jp-NotebookPanel, .jp-DirListing", timeout=60_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").first.click()
+    open_menu(page, "Nbgrader")
     page.locator(".lm-Menu-itemLabel", has_text="Assignment List").first.click()
     time.sleep(5)  # the list asks the server, which reads the exchange
     body = page.inner_text("body")
@@ -150,7 +151,7 @@ def test_a_lab_terminal_finds_the_course_command(page, lab):
     """In a Lab terminal, the README's `course` command is found (the venv is on the server's PATH)."""
     page.goto(lab.lab_url(""))
     page.wait_for_selector(".jp-DirListing", timeout=60_000)
-    page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+    open_menu(page, "File")
     page.locator(".lm-Menu-itemLabel", has_text="New").first.hover()
     page.locator('.lm-Menu-item[data-command="terminal:create-new"]').first.click()
     page.wait_for_selector(".jp-Terminal .xterm", timeout=60_000)

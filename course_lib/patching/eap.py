@@ -28,6 +28,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from course_lib.patching.path import check_same_shape
+
 RECEIVER_INPUTS = ("q", "k", "v")
 
 
@@ -58,11 +60,7 @@ def edge_attribution_scores(
             "edge_attribution_scores handles models without normalization layers (the toy transformers); "
             "with layer norms every edge needs the norm's Jacobian, which this version does not compute."
         )
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
-            f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
-            f"and {tuple(corrupted_tokens.shape)}."
-        )
+    check_same_shape(clean_tokens, corrupted_tokens)
     n_layers = model.cfg.n_layers
     names = ["blocks.0.hook_resid_pre", f"blocks.{n_layers - 1}.hook_resid_post"]
     names += [f"blocks.{l}.attn.hook_{x}" for l in range(n_layers) for x in ("z",) + RECEIVER_INPUTS]

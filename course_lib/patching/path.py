@@ -52,6 +52,15 @@ def kv_group(model, head: int) -> list[int]:
     return list(range(first, first + size))
 
 
+def check_same_shape(clean_tokens: Tensor, corrupted_tokens: Tensor) -> None:
+    """Patching swaps activations position by position: both batches must have one shape."""
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(
+            f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
+            f"and {tuple(corrupted_tokens.shape)}."
+        )
+
+
 def _check_heads(model, heads: Sequence[Head], what: str) -> list[Head]:
     heads = [tuple(map(int, h)) for h in heads]
     for layer, head in heads:
@@ -106,11 +115,7 @@ def path_patch(
     receiver_pos: the position(s) where the receiver's input is patched (one int for all prompts,
     or one per prompt); None patches every position. The senders are patched at every position.
     """
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
-            f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
-            f"and {tuple(corrupted_tokens.shape)}."
-        )
+    check_same_shape(clean_tokens, corrupted_tokens)
     if receiver_input not in ("q", "k", "v"):
         raise ValueError(f"receiver_input must be 'q', 'k' or 'v', got {receiver_input!r}.")
     senders = _check_heads(model, senders, "sender")
@@ -189,11 +194,7 @@ def path_patch_heads_to_logits(
     from course_lib.lens import final_norm_and_unembed
     from course_lib.patching.sweeps import reads_only_last_position
 
-    if clean_tokens.shape != corrupted_tokens.shape:
-        raise ValueError(
-            f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
-            f"and {tuple(corrupted_tokens.shape)}."
-        )
+    check_same_shape(clean_tokens, corrupted_tokens)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     last = f"blocks.{n_layers - 1}.hook_resid_post"
     keep = {f"blocks.{l}.attn.hook_z" for l in range(n_layers)} | {last}
