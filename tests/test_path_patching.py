@@ -170,3 +170,14 @@ def test_smollm2_key_paths_are_shared_by_a_key_value_group(smollm2, ioi_pair):
     clean, abc, metric = ioi_pair
     k = [path.path_patch(smollm2, clean, abc, [(10, 0)], metric, [(12, h)], "k") for h in (3, 5)]
     assert k[0] == pytest.approx(k[1], abs=1e-5)
+
+
+def test_reused_caches_give_the_same_answer(toy2, setup):
+    s = setup
+    caches = path.path_patching_caches(toy2, s["clean"], s["corrupted"])
+    for receivers, which in ([(1, h) for h in range(4)], "k"), (None, "q"):
+        fresh = path.path_patch(toy2, s["clean"], s["corrupted"], [(0, 1)], s["metric"], receivers, which)
+        reused = path.path_patch(toy2, s["clean"], s["corrupted"], [(0, 1)], s["metric"], receivers, which, caches=caches)
+        assert reused == pytest.approx(fresh, abs=1e-6)
+        if which == "k":  # a path that matters: the cached run really patched something
+            assert reused < s["clean_value"] - 0.5

@@ -24,6 +24,7 @@ NOTEBOOK_CHECKS = {
     "02_early_decoding": "checks.nb02_early_decoding",
     "03_residual_stream": "checks.nb03_residual_stream",
     "04_activation_patching": "checks.nb04_activation_patching",
+    "05_circuit_analysis": "checks.nb05_circuit_analysis",
 }
 
 

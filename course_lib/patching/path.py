@@ -98,6 +98,16 @@ def _frozen_run_hooks(model, clean_cache, corrupted_cache, senders: list[Head]):
     return hooks + [(name, mlp_hook(name)) for name in _mlp_hooks(model)]
 
 
+def path_patching_caches(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"]) -> tuple:
+    """Step 1 of path patching: (clean cache, corrupted cache) of every head's z and MLP's output."""
+    check_same_shape(clean_tokens, corrupted_tokens)
+    keep = {f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)} | set(_mlp_hooks(model))
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=lambda name: name in keep)
+        _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=lambda name: name in keep)
+    return clean_cache, corrupted_cache
+
+
 def path_patch(
     model,
     clean_tokens: Int[Tensor, "batch pos"],
@@ -107,6 +117,7 @@ def path_patch(
     receivers: Sequence[Head] | None = None,
     receiver_input: ReceiverInput = "q",
     receiver_pos: int | Sequence[int] | Tensor | None = None,
+    caches: tuple | None = None,
 ) -> float:
     """The metric on the clean input when only the paths senders -> receivers' input are corrupted.
 
@@ -114,6 +125,8 @@ def path_patch(
     sender. receivers=None measures the path to the logits. receiver_input: "q", "k" or "v".
     receiver_pos: the position(s) where the receiver's input is patched (one int for all prompts,
     or one per prompt); None patches every position. The senders are patched at every position.
+    caches: `path_patching_caches(model, clean, corrupted)`, to reuse step 1 across many calls
+    on the same prompts.
     """
     check_same_shape(clean_tokens, corrupted_tokens)
     if receiver_input not in ("q", "k", "v"):
@@ -121,10 +134,8 @@ def path_patch(
     senders = _check_heads(model, senders, "sender")
     if not senders:
         raise ValueError("give at least one sender head, e.g. senders=[(0, 1)].")
-    keep = {f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)} | set(_mlp_hooks(model))
     with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean_tokens, names_filter=lambda name: name in keep)
-        _, corrupted_cache = model.run_with_cache(corrupted_tokens, names_filter=lambda name: name in keep)
+        clean_cache, corrupted_cache = caches if caches is not None else path_patching_caches(model, clean_tokens, corrupted_tokens)
         frozen = _frozen_run_hooks(model, clean_cache, corrupted_cache, senders)
 
         if receivers is None:  # the path to the logits: step 2 is the answer
