@@ -75,7 +75,57 @@ def test_key_edges_track_path_patching_and_point_at_the_previous_token_head(toy2
     assert strongest == ("embed", "L0H1.v"), "the previous-token head carries the token it reads"
 
 
-def test_models_with_norms_are_refused_with_the_reason(smollm2):
-    tokens = smollm2.to_tokens(["When Mary and John went to the store, John gave a drink to"])
-    with pytest.raises(ValueError, match="normalization"):
-        eap.edge_attribution_scores(smollm2, tokens, tokens, lambda logits: logits[:, -1, 0].mean())
+def test_the_edge_circuit_forward_refuses_the_toy(toy2, runs):
+    with pytest.raises(ValueError, match="norms and MLPs"):
+        eap.edge_circuit_metric(toy2, runs[0], runs[1], set(), runs[2])
+
+
+# ----- models with norms and MLPs (SmolLM2) -------------------------------------------------------
+@pytest.fixture(scope="module")
+def ioi_runs(smollm2):
+    from course_lib.data import ioi
+    from course_lib.patching.metrics import logit_diff
+
+    dataset = ioi.ioi_dataset(smollm2, 4, seed=0)
+    abc = ioi.corrupt(smollm2, dataset, "abc")
+    metric = lambda logits: logit_diff(logits, dataset.io_ids, dataset.s_ids)
+    with torch.no_grad():
+        clean, corrupted = float(metric(smollm2(dataset.tokens))), float(metric(smollm2(abc.tokens)))
+    scores = eap.edge_attribution_scores(smollm2, dataset.tokens, abc.tokens, metric)
+    return dataset, abc, metric, clean, corrupted, scores
+
+
+def test_norm_model_edges_and_names(smollm2, ioi_runs):
+    scores = ioi_runs[-1]
+    senders, receivers = eap.node_names(smollm2)
+    assert len(senders) == 1 + 30 * 10 and len(receivers) == 30 * (9 + 3 + 3 + 1) + 1
+    assert ("L5H0", "L5H1.q") not in scores and ("MLP5", "L5H1.q") not in scores  # same layer, MLP after attention
+    assert ("L5H0", "MLP5") in scores and ("MLP5", "L6KV0.k") in scores and ("embed", "logits") in scores
+    assert not getattr(smollm2.cfg, "use_split_qkv_input", False)  # the split inputs are switched off again
+
+
+def test_norm_model_direct_edges_match_path_patching(smollm2, ioi_runs):
+    """head -> logits passes only through the final norm: EAP and path patching agree closely (measured r = 0.9998)."""
+    dataset, abc, metric, clean, _, scores = ioi_runs
+    direct = path.path_patch_heads_to_logits(smollm2, dataset.tokens, abc.tokens, metric) - clean
+    estimate = torch.tensor([[scores[(f"L{l}H{h}", "logits")] for h in range(9)] for l in range(30)])
+    assert float(torch.corrcoef(torch.stack([direct.flatten(), estimate.flatten()]))[0, 1]) > 0.99
+    assert float(estimate[23, 3]) < -1.0  # the largest direct path, as path patching finds
+
+
+def test_edge_circuit_metric_interpolates_between_the_runs(smollm2, ioi_runs):
+    dataset, abc, metric, clean, corrupted, scores = ioi_runs
+    every_edge = eap.edge_circuit_metric(smollm2, dataset.tokens, abc.tokens, set(scores), metric)
+    no_edge = eap.edge_circuit_metric(smollm2, dataset.tokens, abc.tokens, set(), metric)
+    assert every_edge == pytest.approx(clean, abs=1e-3) and no_edge == pytest.approx(corrupted, abs=1e-3)
+    with pytest.raises(ValueError, match="not edges"):
+        eap.edge_circuit_metric(smollm2, dataset.tokens, abc.tokens, {("L3H0", "L2H0.q")}, metric)
+
+
+def test_top_edges_hold_the_hand_found_circuit(ioi_runs):
+    """On 4 prompts the top head-to-head edges include the chain notebook 05 finds by path patching."""
+    scores = ioi_runs[-1]
+    ranked = [e for e, _ in sorted(scores.items(), key=lambda kv: -abs(kv[1])) if not any(n.startswith("MLP") for n in e)]
+    top = set(ranked[:60])
+    assert ("L23H3", "logits") in top and ("L16H0", "L17KV1.k") in top
+    assert any(s == "L20H0" and r.startswith("L23H") and r.endswith(".q") for s, r in top)
