@@ -48,8 +48,8 @@ def test_ablating_the_previous_token_head_breaks_induction_and_leaves_no_hook(to
 
 
 def test_bad_kind_is_refused(toy2):
-    with pytest.raises(ValueError, match="'zero' or 'mean'"):
-        ablated_logits(toy2, torch.tensor([[0, 1, 2]]), [(0, 0)], how="resample")
+    with pytest.raises(ValueError, match="'zero', 'mean' or 'resample'"):
+        ablated_logits(toy2, torch.tensor([[0, 1, 2]]), [(0, 0)], how="shuffle")
 
 
 def test_hooks_compose_with_run_with_cache(toy2):

@@ -63,6 +63,10 @@ def metric_fancy_indexing(logits, io, s, clean, abc):
     return ((logits[:, -1, io] - logits[:, -1, s]).mean() - abc) / (clean - abc)
 
 
+def metric_summed(logits, io, s, clean, abc):
+    return (_ld(logits, io, s).sum() - abc) / (clean - abc)
+
+
 def metric_per_prompt(logits, io, s, clean, abc):
     return (_ld(logits, io, s) - abc) / (clean - abc)
 
@@ -82,6 +86,29 @@ def classify_everything(effect, attn_io, attn_s, threshold=0.1, min_attention=0.
 
 def classify_unsorted(effect, attn_io, attn_s, threshold=0.1, min_attention=0.2):
     return dict(sorted(S.classify_direct_heads(effect, attn_io, attn_s, threshold, min_attention).items()))
+
+
+def classify_io_first(effect, attn_io, attn_s, threshold=0.1, min_attention=0.2):
+    """Looks at the IO first and never compares it with the attention to S."""
+    classes = {}
+    for index in effect.flatten().abs().argsort(descending=True).tolist():
+        layer, head = divmod(index, effect.shape[1])
+        e = float(effect[layer, head])
+        if abs(e) < threshold:
+            break
+        if float(attn_io[layer, head]) >= min_attention:
+            label = "name mover" if e < 0 else "negative name mover"
+        elif float(attn_s[layer, head]) >= min_attention:
+            label = "S suppressor" if e < 0 else "S mover"
+        else:
+            label = "other"
+        classes[f"L{layer}H{head}"] = label
+    return classes
+
+
+def classify_strict_thresholds(effect, attn_io, attn_s, threshold=0.1, min_attention=0.2):
+    """'more than' where the rule says 'at least'."""
+    return S.classify_direct_heads(effect, attn_io, attn_s, threshold + 1e-6, min_attention + 1e-6)
 
 
 def classify_by_reference(effect, attn_io, attn_s, threshold=0.1, min_attention=0.2):
@@ -236,10 +263,13 @@ WRONG_ANSWERS = [
     ("ioi_metric", metric_first_position, "Hint: you read the first position"),
     ("ioi_metric", metric_fancy_indexing, "Hint: you indexed every prompt with every name"),
     ("ioi_metric", metric_per_prompt, "Average over the prompts first"),
+    ("ioi_metric", metric_summed, "Hint: you summed over the prompts"),
     ("classify_direct_heads", classify_sign_flipped, "The sign: the effect is what patching"),
     ("classify_direct_heads", classify_ignoring_min_attention, "at least min_attention"),
     ("classify_direct_heads", classify_everything, "below the threshold"),
     ("classify_direct_heads", classify_unsorted, "largest \\|effect\\| first"),
+    ("classify_direct_heads", classify_io_first, "larger than to the other name"),
+    ("classify_direct_heads", classify_strict_thresholds, "classified the wrong heads|at least min_attention"),
     ("classify_direct_heads", classify_by_reference, "reference implementation"),
     ("path_patch_toy", path_reversed_delta, "Hint: the change is corrupted minus clean"),
     ("path_patch_toy", path_activation_patch, "Hint: that is activation patching of the sender"),
@@ -284,3 +314,64 @@ def test_unimplemented_exercises_say_so(checks):
     for exercise in EXERCISES:
         with pytest.raises(AssertionError, match="not implemented yet"):
             getattr(checks, f"check_{exercise}")(not_done)
+
+
+# ----- other correct answers must pass too ---------------------------------------------------------
+def metric_as_float(logits, io, s, clean, abc):
+    return float(S.ioi_metric(logits, io, s, clean, abc))
+
+
+def path_three_steps_with_hooks(model, clean, corrupted, sender, receivers, which, metric):
+    """The general algorithm: freeze every head at its clean z except the sender, capture, patch."""
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+
+    def freeze(layer):
+        def hook(z, hook):
+            z = clean_cache[f"blocks.{layer}.attn.hook_z"].clone()
+            if layer == sender[0]:
+                z[:, :, sender[1]] = corrupted_cache[f"blocks.{layer}.attn.hook_z"][:, :, sender[1]]
+            return z
+        return hook
+
+    captured = {}
+
+    def capture(value, hook):
+        captured["x"] = value.clone()
+
+    frozen = [(f"blocks.{l}.attn.hook_z", freeze(l)) for l in range(model.cfg.n_layers)]
+    model.run_with_hooks(clean, fwd_hooks=frozen + [(f"blocks.1.attn.hook_{which}", capture)])
+
+    def patch(value, hook):
+        for _, head in receivers:
+            value[:, :, head] = captured["x"][:, :, head]
+        return value
+
+    return float(metric(model.run_with_hooks(clean, fwd_hooks=[(f"blocks.1.attn.hook_{which}", patch)])))
+
+
+def edge_with_autograd_grad(model, clean, corrupted, metric, sender, receiver, which):
+    _, clean_cache = model.run_with_cache(clean)
+    _, corrupted_cache = model.run_with_cache(corrupted)
+    name = f"blocks.{sender[0]}.attn.hook_z"
+    delta = (corrupted_cache[name][:, :, sender[1]] - clean_cache[name][:, :, sender[1]]) @ model.W_O[sender[0], sender[1]]
+    saved = {}
+
+    def keep(value, hook):
+        saved["x"] = value
+        return value
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(clean, fwd_hooks=[(f"blocks.{receiver[0]}.attn.hook_{which}", keep)])
+        (grad,) = torch.autograd.grad(metric(logits), saved["x"])
+    weights = {"q": model.W_Q, "k": model.W_K, "v": model.W_V}[which][receiver[0], receiver[1]].detach()
+    return torch.einsum("bpm,bpm->", delta, grad[:, :, receiver[1]] @ weights.T)  # a 0-d tensor, not a float
+
+
+@pytest.mark.parametrize(
+    "exercise, fn",
+    [("ioi_metric", metric_as_float), ("path_patch_toy", path_three_steps_with_hooks), ("edge_score", edge_with_autograd_grad)],
+)
+def test_other_correct_answers_pass(checks, exercise, fn):
+    getattr(checks, f"check_{exercise}")(fn)
+    getattr(checks, f"check_{exercise}")(fn, hidden=True)

@@ -23,6 +23,7 @@ _ioi = T.private_module("data.ioi")
 _circuit = T.private_module("ioi_circuit")
 _scrubbing = T.private_module("scrubbing")
 _ablation = T.private_module("ablation")
+_attribution = T.private_module("patching.attribution")
 
 
 def _hint(err: AssertionError, hint: str) -> AssertionError:
@@ -74,6 +75,8 @@ def check_ioi_metric(student_fn: Callable, *, hidden: bool = False) -> None:
                 "you indexed every prompt with every name (logits[:, -1, io_ids] is [batch, batch]); pair prompt k with its own names.":
                     ((last[:, io] - last[:, s]).mean() - abc_ld) / (clean_ld - abc_ld),
                 "subtract the ABC baseline from the value as well: (ld - abc_ld) / (clean_ld - abc_ld).": ld.mean() / (clean_ld - abc_ld),
+                "you summed over the prompts; take the mean, so the metric does not depend on the batch size.":
+                    (ld.sum() - abc_ld) / (clean_ld - abc_ld),
             }
             raise _hint(err, _first_matching(T.safe_float(actual), expected, variants, 1e-5)) from None
     T.passed(name, len(cases), hidden)
@@ -88,11 +91,13 @@ def _classify_cases(hidden: bool):
         attn_io = torch.rand(shape, generator=generator) * 0.6
         attn_s = torch.rand(shape, generator=generator) * 0.6
         cases.append((effect, attn_io, attn_s, 0.1, 0.2))
-    # One case with every class present for sure, and a head just below each threshold.
-    effect = torch.tensor([[-0.9, 0.5, -0.3, 0.25], [0.6, -0.095, 0.4, -0.2]])
-    attn_io = torch.tensor([[0.5, 0.4, 0.1, 0.05], [0.02, 0.6, 0.3, 0.19]])
-    attn_s = torch.tensor([[0.1, 0.1, 0.6, 0.5], [0.03, 0.1, 0.25, 0.1]])
-    cases.append((effect, attn_io, attn_s, 0.1, 0.2) if not hidden else (effect * 2, attn_io, attn_s, 0.3, 0.15))
+    # Every class present, heads exactly at and just below each threshold (binary fractions, so
+    # "at least" and "more than" give different answers), and a head that attends to both names
+    # above min_attention but more to S.
+    effect = torch.tensor([[-0.875, 0.5, -0.375, 0.25], [0.625, -0.125, 0.4375, -0.25], [-0.5, 0.75, -0.3125, 0.0]])
+    attn_io = torch.tensor([[0.5, 0.375, 0.125, 0.0625], [0.0, 0.625, 0.25, 0.1875], [0.375, 0.25, 0.5, 0.0]])
+    attn_s = torch.tensor([[0.125, 0.125, 0.625, 0.5], [0.0625, 0.125, 0.125, 0.125], [0.5, 0.0625, 0.5, 0.0]])
+    cases.append((effect, attn_io, attn_s, 0.25, 0.25) if not hidden else (effect * 2, attn_io, attn_s, 0.75, 0.375))
     return cases
 
 
@@ -132,7 +137,7 @@ def check_classify_direct_heads(student_fn: Callable, *, hidden: bool = False) -
             if swapped.get(expected[h]) == actual[h]:
                 hint = (" The sign: the effect is what patching the head's path *away* does, so a negative effect "
                         "means the head was raising logit(IO) - logit(S).")
-            elif actual[h] == "other" or expected[h] == "other":
+            else:  # the wrong name, or a name where there is none
                 hint = f" A head attends to a name when its attention to it is at least min_attention ({min_attention}) and larger than to the other name."
             raise AssertionError(
                 f"{name} called {h} {actual[h]!r}, expected {expected[h]!r} (effect {e:+.3f}, attention to IO {io:.2f}, to S {s:.2f}; {where}).{hint}"
@@ -342,7 +347,7 @@ def check_edge_score(student_fn: Callable, *, hidden: bool = False) -> None:
     """edge_score(model, clean, corrupted, metric, sender, receiver, receiver_input) -> float (EAP)."""
     name = "edge_score"
     toy2 = T.private_toy("attn-only-2l")
-    forbidden = T.reference_code_ids([_eap.edge_attribution_scores])
+    forbidden = T.reference_code_ids([_eap.edge_attribution_scores, _attribution.activations_and_gradients])
     clean, corrupted = _repeat_tokens(101 if hidden else 100, 4), _repeat_tokens(111 if hidden else 110, 4)
     metric = _repeat_metric(clean)
     with torch.enable_grad():
