@@ -1,4 +1,4 @@
-"""The `course` command: doctor, release, check, autograde, export, train-toy."""
+"""The `course` command: doctor, release, check, autograde, feedback, report, export, train-toy."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def cmd_check(args) -> int:
         )
     results = check_notebook(notebook, Path(args.root) if args.root else None)
     print(format_results(results))
-    return 0 if all(r.score >= r.max_score for r in results) else 1
+    return 0 if all(r.points >= r.max_points for r in results) else 1
 
 
 def _ago(moment) -> str:
@@ -114,20 +114,72 @@ def _ago(moment) -> str:
 
 
 def cmd_autograde(args) -> int:
-    from course_lib.grading import autograde_class, export_grades
+    from course_lib.grading import assignments
+    from course_lib.grading.gradebook import needs_a_look
+    from course_lib.grading.pipeline import autograde
 
     root = _root(args)
-    status = autograde_class(root, args.assignment, timeout_s=args.timeout, students=args.student or None)
-    out = export_grades(root, args.assignment, root / args.output)
-    print(f"graded {len(status)} submissions; grades in {out}; feedback in {root / 'feedback'}")
+    target = args.submissions or str(root / "submitted")
+    assignment = args.assignment
+    if args.submissions in assignments(root) and not Path(args.submissions).exists():
+        assignment, target = args.submissions, str(root / "submitted")  # the old `course autograde ASSIGNMENT`
+    run = autograde(
+        root, Path(target), assignment, jobs=args.jobs, scheduler=args.scheduler,
+        cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout, sandbox=args.sandbox,
+        notebooks=args.notebook, students=args.student, memory_gb=args.memory_gb,
+        output=root / args.output, progress=not args.quiet,
+    )
+    for u in run.unmatched:
+        print(f"not graded: {u.path}: {u.reason}")
+    look = [(g, why) for g in run.grades if (why := needs_a_look(g))]
+    for g, why in look:
+        print(f"needs a look: {g.student}/{g.notebook}: {'; '.join(why)[:300]}")
+    students = len({g.student for g in run.grades})
+    print(f"graded {len(run.grades)} notebooks of {students} students in {run.wall_s:.0f} s "
+          f"(sandbox: {run.sandbox}); grades in {run.csv}; feedback in {root / 'feedback'}; "
+          f"report in {root / 'grading' / assignment / 'report.html'}")
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    from course_lib.grading.feedback import write_feedback
+    from course_lib.grading.gradebook import load_grades
+
+    root = _root(args)
+    grades = load_grades(root, args.assignment)
+    if not grades:
+        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+    for grade in grades:
+        write_feedback(root, args.assignment, grade)
+    print(f"wrote {len(grades)} feedback pages under {root / 'feedback'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from course_lib.grading.gradebook import load_grades
+    from course_lib.grading.report import write_report
+
+    root = _root(args)
+    grades = load_grades(root, args.assignment)
+    if not grades:
+        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+    previous = root / "grading" / args.assignment / "report.json"
+    run_info = json.loads(previous.read_text()).get("run") if previous.exists() else None
+    path = write_report(root, args.assignment, grades, run_info)
+    print(f"wrote {path}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from course_lib.grading import export_grades
+    from course_lib.grading.gradebook import load_grades, write_csv
 
     root = _root(args)
-    print(f"wrote {export_grades(root, args.assignment, root / args.output)}")
+    grades = load_grades(root, args.assignment)
+    if not grades:
+        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+    print(f"wrote {write_csv(grades, root / args.output)}")
     return 0
 
 
@@ -141,7 +193,8 @@ def cmd_train_toy(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from course_lib.grading import STUDENT_TIMEOUT_S
+    from course_lib.grading import CELL_TIMEOUT_S
+    from course_lib.grading.pipeline import NOTEBOOK_TIMEOUT_S
 
     parser = argparse.ArgumentParser(prog="course", description="Mechanistic interpretability course tools.")
     parser.add_argument("--root", help="course folder (default: found from the current directory)")
@@ -153,14 +206,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="grade your own notebook as the autograder would")
     p.add_argument("notebook", help="path to a notebook, e.g. notebooks/mech_interp/00_setup.ipynb")
     p.set_defaults(fn=cmd_check)
-    p = sub.add_parser("autograde", help="autograde submitted/<student>/<assignment>/ and export grades")
-    p.add_argument("assignment", nargs="?", default="mech_interp")
+    p = sub.add_parser("autograde", help="grade every submitted notebook; write grades.csv, feedback and a report")
+    p.add_argument("submissions", nargs="?",
+                   help="submitted/ (nbgrader), a folder of <student>.ipynb, or an LMS .zip/folder (default: submitted/)")
+    p.add_argument("--assignment", default="mech_interp")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks graded at once (default 1)")
+    p.add_argument("--scheduler", help="a Dask scheduler address (tcp://host:8786) to grade on a cluster")
+    p.add_argument("--notebook", action="append", help="only this notebook, e.g. 00_setup (repeatable)")
     p.add_argument("--student", action="append", help="only these students (repeatable)")
-    p.add_argument("--timeout", type=float, default=STUDENT_TIMEOUT_S, help="seconds per student")
+    p.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT_S, help="seconds per cell")
+    p.add_argument("--timeout", type=float, default=NOTEBOOK_TIMEOUT_S, help="seconds per notebook")
+    p.add_argument("--sandbox", choices=["bubblewrap", "nobody", "none"],
+                   help="require this sandbox (default: the strongest available)")
+    p.add_argument("--memory-gb", type=float, default=6.0, help="memory limit of one grading kernel")
     p.add_argument("--output", default="grades.csv", help="CSV file, relative to the course root")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_autograde)
-    p = sub.add_parser("export", help="write the grades CSV from the gradebook")
-    p.add_argument("assignment", nargs="?", default="mech_interp")
+    p = sub.add_parser("feedback", help="write each student's HTML feedback (no hidden tests) again")
+    p.add_argument("--assignment", default="mech_interp")
+    p.set_defaults(fn=cmd_feedback)
+    p = sub.add_parser("report", help="write the instructor's report (distribution, who needs a look)")
+    p.add_argument("--assignment", default="mech_interp")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("export", help="write grades.csv from the kept results")
+    p.add_argument("--assignment", default="mech_interp")
     p.add_argument("--output", default="grades.csv")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("train-toy", help="retrain the toy checkpoints from their fixed seeds")

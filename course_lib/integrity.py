@@ -20,6 +20,8 @@ PROTECTED_ROOTS = {
     "course_lib", "checks", "torch", "np", "numpy", "F", "nn", "sys", "builtins", "importlib",
     "transformer_lens", "math", "inspect", "types", "gc", "nbgrader", "T", "os",
 }
+# Words in a string that point at the grading's own files: an honest answer never opens them.
+PROTECTED_PATH_WORDS = ("gradebook", "site-packages", "course_lib/", "solutions/", "nbgrader_config", "autograded/")
 SUSPICIOUS_NAMES = {
     "setattr", "delattr", "exec", "eval", "compile", "__import__", "globals", "vars",
 }
@@ -65,6 +67,9 @@ def scan_source(source: str) -> list[tuple[int, str, str]]:
         found.append((line, lines[line - 1].strip() if line - 1 < len(lines) else "", reason))
 
     for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if any(word in node.value for word in PROTECTED_PATH_WORDS):
+                add(node, "names a file of the grading (gradebook, course package, solutions)")
         targets = []
         if isinstance(node, (ast.Assign, ast.Delete)):
             targets = node.targets
@@ -103,7 +108,13 @@ def scan_notebook(path: Path) -> list[Flag]:
         cells = nb["cells"]
     except (OSError, ValueError, KeyError, TypeError):
         return [Flag(path.name, -1, 0, "", "not a readable notebook")]
+    return scan_cells(cells, path.name)
+
+
+def scan_cells(cells: list, name: str) -> list[Flag]:
+    """Flags for every student-editable code cell among `cells` (dicts, as in a notebook's JSON)."""
     flags = []
+    path = Path(name)
     for index, cell in enumerate(cells):
         if not isinstance(cell, dict) or not _is_student_cell(cell):
             continue

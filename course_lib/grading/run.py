@@ -1,0 +1,286 @@
+"""Run one assembled notebook, top to bottom, in a sandboxed kernel; record what each cell did.
+
+The grader (this module) stays outside the sandbox: it starts the kernel through
+`Sandbox.kernel_argv`, talks to it over Unix sockets in the scratch folder (the kernel has no
+network), and is the only one to write the result. For every code cell it records one status:
+
+    "ok"          ran to its end (its outputs say whether a test passed)
+    "timed out"   interrupted after the per-cell limit
+    "kernel died" the kernel exited or was killed during the cell (never counts as passed)
+    "not run: …"  an earlier cell killed the kernel or would not stop
+
+Outputs are bounded: past `output_limit` bytes per notebook, display and stream outputs are
+dropped (one note says so); error outputs are always kept, trimmed, since they decide grades.
+
+`python -m course_lib.grading.run TASK.json RESULT.json` runs one task in a process of its own,
+so a grading worker survives whatever happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nbformat
+
+from course_lib.grading.sandbox import Limits, Sandbox
+
+OUTPUT_LIMIT_BYTES = 2_000_000  # outputs kept per notebook (figures included)
+TRACEBACK_LIMIT = 40  # lines of an error's traceback kept
+INTERRUPT_GRACE_S = 10  # how long an interrupted cell may take to stop before the kernel is killed
+
+
+@dataclass
+class RunSettings:
+    """How to run one notebook (travels to grading workers as JSON)."""
+
+    cell_timeout_s: float = 180
+    output_limit: int = OUTPUT_LIMIT_BYTES
+    sandbox_kind: str = "none"
+    sandbox_hidden: tuple = ()
+    sandbox_visible: tuple = ()
+    memory_bytes: int = Limits.memory_bytes
+    cpu_seconds: int = Limits.cpu_seconds
+    file_bytes: int = Limits.file_bytes
+    env: dict | None = None  # extra environment for the kernel (e.g. the model cache)
+
+    def sandbox(self) -> Sandbox:
+        return Sandbox(self.sandbox_kind, hidden=tuple(self.sandbox_hidden), visible=tuple(self.sandbox_visible))
+
+    def limits(self) -> Limits:
+        return Limits(self.memory_bytes, self.cpu_seconds, self.file_bytes)
+
+
+def _kernel_manager(argv: list[str], work: Path):
+    """A KernelManager that starts `argv` over Unix sockets in `work`, interrupted by message."""
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    spec = KernelSpec(argv=[*argv, "-f", "{connection_file}"], display_name="grading", language="python",
+                      interrupt_mode="message")
+
+    class OneSpec(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return spec
+
+    return KernelManager(
+        kernel_name="grading", kernel_spec_manager=OneSpec(), transport="ipc", ip=str(work / "k"),
+        connection_file=str(work / "kernel.json"),
+    )
+
+
+def _bounded_client_class():
+    from nbclient import NotebookClient
+
+    class BoundedClient(NotebookClient):
+        """A NotebookClient that stops keeping outputs past a byte budget (errors always kept)."""
+
+        output_budget = OUTPUT_LIMIT_BYTES
+        truncated_cells: set = set()
+
+        def output(self, outs, msg, display_id, cell_index):
+            out = super().output(outs, msg, display_id, cell_index)
+            if out is None or not outs or outs[-1] is not out:
+                return out
+            if out.output_type == "error":
+                out.traceback = out.traceback[-TRACEBACK_LIMIT:]
+                out.evalue = str(out.evalue)[:2000]
+                return out
+            size = len(json.dumps(out))
+            if size > self.output_budget:
+                outs.pop()
+                if cell_index not in self.truncated_cells:
+                    self.truncated_cells.add(cell_index)
+                    note = nbformat.v4.new_output("stream", name="stdout", text="[output truncated by the grader]\n")
+                    outs.append(note)
+                return None
+            self.output_budget -= size
+            return out
+
+    return BoundedClient
+
+
+def kernel_env(work: Path, extra: dict | None = None) -> dict:
+    """The kernel's environment: home and caches in the scratch folder, hub offline, no GUI."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "COURSE_CACHE_DIR")}
+    env.update(
+        HOME=str(work), TMPDIR=str(work / "tmp"), MPLBACKEND="Agg", MPLCONFIGDIR=str(work / ".mpl"),
+        IPYTHONDIR=str(work / ".ipython"), JUPYTER_RUNTIME_DIR=str(work / ".jupyter"),
+        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1",
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+    )
+    env.update(extra or {})
+    return env
+
+
+def _prepare_work(work: Path, kind: str) -> None:
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    (work / ".mpl").mkdir(exist_ok=True)
+    try:  # matplotlib's font list, so every kernel does not rebuild it (a few seconds)
+        import matplotlib
+
+        for font_list in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
+            shutil.copy(font_list, work / ".mpl" / font_list.name)
+    except Exception:
+        pass
+    if kind == "nobody":
+        from course_lib.grading.sandbox import NOBODY
+
+        for folder in [work, *work.rglob("*")]:
+            os.chown(folder, NOBODY, NOBODY)
+
+
+def execute(
+    nb: nbformat.NotebookNode, settings: RunSettings, work: Path, progress: Path | None = None
+) -> tuple[nbformat.NotebookNode, dict[int, str]]:
+    """Run `nb` top to bottom in a sandboxed kernel in `work`; returns it with outputs, and cell statuses.
+
+    With `progress`, the result so far is written there after every cell, so a run stopped from
+    outside still shows which cells ran.
+    """
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    _prepare_work(work, settings.sandbox_kind)
+    argv = settings.sandbox().kernel_argv(work, settings.limits())
+    km = _kernel_manager(argv, work)
+    client = _bounded_client_class()(
+        nb, km=km, timeout=settings.cell_timeout_s, interrupt_on_timeout=False, allow_errors=True,
+        startup_timeout=120, iopub_timeout=10, record_timing=False, resources={"metadata": {"path": str(work)}},
+    )
+    client.output_budget = settings.output_limit
+    client.truncated_cells = set()
+    status: dict[int, str] = {}
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    stopped = ""
+    try:
+        with client.setup_kernel(env=kernel_env(work, settings.env), cwd=str(work)):
+            for i in code_cells:
+                if stopped:
+                    status[i] = f"not run: {stopped}"
+                    continue
+                try:
+                    client.execute_cell(nb.cells[i], i)
+                    status[i] = "ok"
+                except CellTimeoutError:
+                    status[i] = "timed out"
+                    nb.cells[i].outputs.append(_error_output(
+                        "TimeoutError", f"the cell ran longer than {settings.cell_timeout_s:g} s and was interrupted"))
+                    if not _recovers_after_interrupt(client):
+                        stopped = f"cell {i} did not stop when interrupted and the kernel was stopped"
+                        km.shutdown_kernel(now=True)
+                except DeadKernelError:
+                    status[i] = "kernel died"
+                    nb.cells[i].outputs.append(_error_output("DeadKernelError", "the kernel died while this cell ran"))
+                    stopped = f"the kernel died in cell {i}"
+                if progress is not None:
+                    write_result(progress, nb, status)
+    except Exception as err:  # the kernel never started, or the client broke: nothing counts
+        reason = f"the grading kernel failed: {type(err).__name__}: {str(err)[:300]}"
+        for i in code_cells:
+            status.setdefault(i, f"not run: {reason}")
+    for i in client.truncated_cells:
+        status[i] = status.get(i, "ok") + "; output truncated"
+    return nb, status
+
+
+def _recovers_after_interrupt(client) -> bool:
+    """Interrupt the kernel; True if it then runs a trivial cell (a loop may ignore SIGINT)."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    try:
+        client.km.interrupt_kernel()
+        probe = nbformat.v4.new_code_cell("pass")
+        saved, client.timeout = client.timeout, INTERRUPT_GRACE_S
+        try:
+            client.execute_cell(probe, 0, store_history=False)
+        finally:
+            client.timeout = saved
+        return True
+    except (CellTimeoutError, DeadKernelError, RuntimeError):
+        return False
+
+
+def _error_output(ename: str, evalue: str):
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+
+@dataclass
+class RunResult:
+    """What came back from running one notebook."""
+
+    notebook: str  # the executed notebook as JSON text ("" if nothing came back)
+    status: dict  # code-cell index (as str) -> status
+    seconds: float
+    failure: str = ""  # why nothing came back, in words
+
+
+def run_task(nb_json: str, settings: dict, wall_timeout_s: float) -> RunResult:
+    """Run one notebook in a grading process of its own with a wall-clock limit (a Dask task)."""
+    import subprocess
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cg-") as tmp:
+        tmp = Path(tmp)
+        task, result = tmp / "task.json", tmp / "result.json"
+        task.write_text(json.dumps({"notebook": nb_json, "settings": settings}))
+        cmd = [sys.executable, "-m", "course_lib.grading.run", str(task), str(result)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=wall_timeout_s)
+            failure = "" if proc.returncode == 0 else f"the grader exited with {proc.returncode}: {_last_line(stderr)}"
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            failure = f"timed out: the whole notebook ran longer than {wall_timeout_s:g} s"
+        if result.exists():
+            data = json.loads(result.read_text())
+            if not data.get("finished") and not failure:
+                failure = "the grader stopped before the last cell"
+            return RunResult(data["notebook"], data["status"], time.monotonic() - started, failure)
+        return RunResult("", {}, time.monotonic() - started, failure or "the grader wrote no result")
+
+
+def _kill_group(proc) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no error output"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m course_lib.grading.run TASK.json RESULT.json`: run one task, write its result."""
+    argv = sys.argv[1:] if argv is None else argv
+    task = json.loads(Path(argv[0]).read_text())
+    settings = RunSettings(**task["settings"])
+    nb = nbformat.reads(task["notebook"], as_version=4)
+    result_path = Path(argv[1])
+    with tempfile.TemporaryDirectory(prefix="cg-k-") as work:
+        nb, status = execute(nb, settings, Path(work), progress=result_path)
+    write_result(result_path, nb, status, finished=True)
+
+
+def write_result(path: Path, nb: nbformat.NotebookNode, status: dict[int, str], finished: bool = False) -> None:
+    """Write the executed notebook and the cell statuses atomically (a reader never sees half a file)."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({
+        "notebook": nbformat.writes(nb), "status": {str(k): v for k, v in status.items()}, "finished": finished,
+    }))
+    partial.replace(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Where student code runs: a kernel with no way to write outside its scratch folder.
+
+Only the kernel is sandboxed; the grader that drives it (`course_lib.grading.run`) runs outside,
+talks to it over Unix sockets in the scratch folder, and alone writes results. The best
+mechanism the machine offers is used:
+
+* `bubblewrap` (Debian's `bubblewrap` package; `make install` adds it where it can): the whole
+  file system read-only, the course's submissions, solutions and gradebook hidden, a fresh /tmp,
+  no network (a new network namespace), its own process namespace, an unprivileged user;
+* without it, as root: the kernel runs as `nobody`, so the root-owned course, package and
+  gradebook are not writable; the network stays reachable (a warning says so);
+* otherwise: the kernel runs as the grading user, which can write what that user can (a warning
+  says so). Fine for a learner's self-check, not for grading strangers.
+
+In every case the kernel gets resource limits: address space (memory), CPU seconds, the size of
+any file it writes, no core dumps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NOBODY = 65534
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one grading kernel."""
+
+    memory_bytes: int = 6 * 2**30  # SmolLM2 and torch need ~2 GB; a runaway allocation stops here
+    cpu_seconds: int = 1800  # CPU time, all cells together (the wall clock is bounded separately)
+    file_bytes: int = 256 * 2**20  # the largest file the kernel may write
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How kernels are confined on this machine, and what that leaves open."""
+
+    kind: str  # "bubblewrap", "nobody" or "none"
+    warning: str = ""
+    hidden: tuple[str, ...] = field(default=())  # folders and files the kernel must not even read
+    visible: tuple[str, ...] = field(default=())  # folders it must read (the package, the venv, caches)
+
+    def kernel_argv(self, work: Path, limits: Limits, python: str = sys.executable) -> list[str]:
+        """The command that starts an IPython kernel confined to `work` (before `-f CONNECTION_FILE`)."""
+        kernel = [python, "-m", "ipykernel_launcher"]
+        limit_then = [python, "-I", "-S", "-c", _APPLY_LIMITS, str(limits.memory_bytes),
+                      str(limits.cpu_seconds), str(limits.file_bytes), "0" if self.kind != "nobody" else str(NOBODY)]
+        if self.kind == "bubblewrap":
+            return limit_then + [shutil.which("bwrap") or "bwrap", *self._bwrap_args(work), "--", *kernel]
+        return limit_then + kernel
+
+    def _bwrap_args(self, work: Path) -> list[str]:
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        # What the kernel needs that may live under /tmp (a course cloned there, its venv, the
+        # model cache) comes back read-only; then what it must not read is covered again.
+        for folder in self.visible:
+            if Path(folder).is_relative_to("/tmp") and Path(folder).exists():
+                args += ["--ro-bind", folder, folder]
+        for folder in self.hidden:
+            if Path(folder).is_dir():
+                args += ["--tmpfs", folder]
+            elif Path(folder).is_file():
+                args += ["--ro-bind", "/dev/null", folder]
+        args += ["--bind", str(work), str(work), "--chdir", str(work),
+                 "--unshare-all", "--uid", str(NOBODY), "--gid", str(NOBODY),
+                 "--die-with-parent", "--new-session",
+                 # In its own process namespace the kernel's parent is pid 1, which ipykernel reads
+                 # as "my parent exited"; --die-with-parent does that watching instead.
+                 "--setenv", "JPY_PARENT_PID", "1"]
+        return args
+
+
+# Runs as a tiny Python program before the kernel: set the limits, drop to `nobody` if asked, exec.
+_APPLY_LIMITS = """
+import os, resource, sys
+memory, cpu, fsize, uid = (int(v) for v in sys.argv[1:5])
+resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if uid:
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+os.execvp(sys.argv[5], sys.argv[5:])
+"""
+
+
+def _needed_paths() -> tuple[str, ...]:
+    """Folders a grading kernel reads: the course package, the Python environment, the model cache."""
+    from course_lib.models.pretrained import cache_dir
+
+    package = Path(__file__).resolve().parents[2]
+    paths = {package, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), cache_dir().resolve()}
+    return tuple(sorted(str(p) for p in paths))
+
+
+def _bubblewrap_works() -> bool:
+    """bwrap is installed and may create the namespaces (some containers forbid it)."""
+    import subprocess
+
+    bwrap = shutil.which("bwrap")
+    if not bwrap:
+        return False
+    try:
+        probe = subprocess.run(
+            [bwrap, "--ro-bind", "/", "/", "--unshare-all", "--uid", str(NOBODY), "--die-with-parent", "true"],
+            capture_output=True, timeout=20,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def choose_sandbox(hidden: list[Path] = (), require: str | None = None) -> Sandbox:
+    """The strongest sandbox this machine offers (or exactly `require`: "bubblewrap", "nobody", "none")."""
+    hidden_paths = tuple(str(Path(p).resolve()) for p in hidden)
+    if require in (None, "bubblewrap") and _bubblewrap_works():
+        return Sandbox("bubblewrap", hidden=hidden_paths, visible=_needed_paths())
+    if require == "bubblewrap":
+        raise RuntimeError(
+            "bubblewrap is not usable here: install it (`sudo apt-get install -y bubblewrap`) and allow "
+            "unprivileged user namespaces, or grade with --sandbox nobody/none."
+        )
+    if require in (None, "nobody") and os.geteuid() == 0:
+        return Sandbox("nobody", warning=(
+            "bubblewrap is not available, so student code runs as `nobody` with resource limits: it cannot "
+            "write the course, the package or the gradebook, but it can reach the network and read files. "
+            "Install bubblewrap (`apt-get install -y bubblewrap`) for full isolation."))
+    if require == "nobody":
+        raise RuntimeError("--sandbox nobody needs root (to start kernels as the `nobody` user).")
+    return Sandbox("none", warning=(
+        "No sandbox: student code runs as you, with resource limits only, and can write whatever you "
+        "can (the gradebook, the course). Fine for checking your own notebook; to grade a class, install "
+        "bubblewrap (`sudo apt-get install -y bubblewrap`) or grade as root."))
