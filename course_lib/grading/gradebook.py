@@ -106,9 +106,10 @@ def needs_a_look(grade: NotebookGrade) -> list[str]:
     why = []
     if grade.flags:
         why.append(f"{len(grade.flags)} integrity flag(s): " + "; ".join(sorted({f['reason'] for f in grade.flags}))[:300])
-    if grade.problem:
+    if grade.problem and grade.problem != "not submitted":  # a missing notebook is in the grades, not a puzzle
         why.append(grade.problem)
     kinds = {t.reason for t in grade.tests if t.reason}
+    kinds.discard("not submitted")
     for word, label in (("timed out", "a cell timed out"), ("kernel died", "the kernel died"),
                         ("not run", "cells never ran"), ("edited or deleted", "test cells were tampered with")):
         if any(word in k for k in kinds):

@@ -1,9 +1,9 @@
-"""`course autograde`: grade every notebook of every student, in parallel, on Dask.
+"""`course autograde`: grade every notebook of every student, in parallel, here or on a Dask cluster.
 
 The steps, each in its own module: `collect` the submissions, `assemble` each into the notebook
-to grade, `run` it in a `sandbox`ed kernel (a Dask task: on this machine by default, on a
-cluster with `scheduler=`), `score` it, then the grading process alone writes the `gradebook`,
-grades.csv, the `feedback` pages and the `report`.
+to grade, `run` it in a `sandbox`ed kernel (a task: `jobs` threads on this machine by default,
+Dask distributed workers with `scheduler=`), `score` it, then the grading process alone writes
+the `gradebook`, grades.csv, the `feedback` pages and the `report`.
 
 A task carries the assembled notebook as text and returns the run as text, so a worker needs
 only the course package and its model cache, not the course folder.
@@ -22,7 +22,7 @@ import nbformat
 
 from course_lib.grading import course
 from course_lib.grading.assemble import UnreadableNotebook, assemble, read_submission
-from course_lib.grading.collect import Submission, Unmatched, collect, grade_ids_of
+from course_lib.grading.collect import Submission, Unmatched, collect, identifying_ids
 from course_lib.grading.gradebook import load_grades, save_grade, write_csv, write_gradebook, write_totals_csv
 from course_lib.grading.run import RunSettings, run_task
 from course_lib.grading.sandbox import choose_sandbox
@@ -103,8 +103,7 @@ def autograde(
     if unknown:
         raise ValueError(f"--notebook {', '.join(sorted(unknown))}: not in {assignment} (it has {', '.join(nbs)}).")
     wanted = [n for n in nbs if not notebooks or n in notebooks]
-    ids = {name: {gid for c in nb.source.cells if (gid := c.metadata.get("nbgrader", {}).get("grade_id"))}
-           for name, nb in nbs.items()}
+    ids = {name: identifying_ids(nb.source) for name, nb in nbs.items()}
 
     run = GradingRun()
     with tempfile.TemporaryDirectory(prefix="course-collect-") as unpack:
@@ -128,9 +127,12 @@ def autograde(
             env={"COURSE_CACHE_DIR": str(cache_dir().resolve())},
         )
         by_key = {(s.student, s.notebook): s for s in found}
-        everyone = sorted({s.student for s in found})
+        # A student whose only file was not a notebook of this assignment still gets rows.
+        everyone = {s.student for s in found} | {u.student for u in run.unmatched if u.student}
+        if students:
+            everyone &= set(students)
         tasks: list[tuple[str, str, Submission | None]] = [
-            (student, name, by_key.get((student, name))) for student in everyone for name in wanted
+            (student, name, by_key.get((student, name))) for student in sorted(everyone) for name in wanted
         ]
         grades = _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment)
     for grade in grades:
@@ -164,7 +166,6 @@ def _prepare(student: str, nb: CourseNotebook, sub: Submission | None) -> tuple[
 
 def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment):
     """Run every task on Dask; score and keep each result as it arrives."""
-    from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
     from course_lib.integrity import scan_cells
@@ -176,20 +177,27 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
 
     def keep(grade: NotebookGrade, executed: str | None) -> None:
         nonlocal failures
+        grade.sandbox = settings.sandbox_kind if executed else ""
         save_grade(root, assignment, grade, executed)
         grades.append(grade)
         failures += bool(grade.problem)
         bar.update(1)
         bar.set_postfix(failed=failures)
 
-    cluster = None
     if scheduler:
+        from distributed import Client, as_completed
+
         client = Client(scheduler, timeout=60)
+        submit = lambda *args: client.submit(run_task, *args, pure=False)  # noqa: E731
+        close = client.close
     else:
-        # Each task only waits on its own grading process, so threads are enough here.
-        cluster = LocalCluster(n_workers=1, threads_per_worker=max(1, jobs), processes=False,
-                               dashboard_address=None)
-        client = Client(cluster)
+        # On one machine each task only waits on its own grading process: threads are enough, and
+        # they start instantly (a local Dask cluster adds seconds and opens sockets for nothing).
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="grading")
+        submit = lambda *args: pool.submit(run_task, *args)  # noqa: E731
+        close = pool.shutdown
     try:
         for student, name, sub in tasks:
             nb = nbs[name]
@@ -197,8 +205,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
             if done is not None:
                 keep(done, None)
                 continue
-            future = client.submit(run_task, nb_json, asdict(settings), notebook_timeout_s, pure=False,
-                                   key=f"grade-{student}-{name}-{time.monotonic_ns()}")
+            future = submit(nb_json, asdict(settings), notebook_timeout_s)
             pending[future] = (student, nb, sub, assembled)
         for future in as_completed(list(pending)):
             student, nb, sub, assembled = pending.pop(future)
@@ -215,9 +222,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
             keep(grade, result.notebook or None)
     finally:
         bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close()
     return sorted(grades, key=lambda g: (g.student, g.notebook))
 
 

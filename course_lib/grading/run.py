@@ -33,7 +33,7 @@ from course_lib.grading.sandbox import Limits, Sandbox
 
 OUTPUT_LIMIT_BYTES = 2_000_000  # outputs kept per notebook (figures included)
 TRACEBACK_LIMIT = 40  # lines of an error's traceback kept
-INTERRUPT_GRACE_S = 10  # how long an interrupted cell may take to stop before the kernel is killed
+INTERRUPT_GRACE_S = 5  # how long an interrupted cell may take to stop before the kernel is killed
 
 
 @dataclass
@@ -60,7 +60,7 @@ class RunSettings:
 def _kernel_manager(argv: list[str], work: Path):
     """A KernelManager that starts `argv` over Unix sockets in `work`, interrupted by message."""
     from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
     spec = KernelSpec(argv=[*argv, "-f", "{connection_file}"], display_name="grading", language="python",
                       interrupt_mode="message")
@@ -69,7 +69,7 @@ def _kernel_manager(argv: list[str], work: Path):
         def get_kernel_spec(self, kernel_name):
             return spec
 
-    return KernelManager(
+    return AsyncKernelManager(
         kernel_name="grading", kernel_spec_manager=OneSpec(), transport="ipc", ip=str(work / "k"),
         connection_file=str(work / "kernel.json"),
     )
@@ -83,6 +83,13 @@ def _bounded_client_class():
 
         output_budget = OUTPUT_LIMIT_BYTES
         truncated_cells: set = set()
+        timed_out_cells: set = set()
+        current_cell = -1
+
+        async def _async_handle_timeout(self, timeout, cell=None):
+            # nbclient interrupts the kernel and goes on; remember which cell it was.
+            self.timed_out_cells.add(self.current_cell)
+            return await super()._async_handle_timeout(timeout, cell)
 
         def output(self, outs, msg, display_id, cell_index):
             out = super().output(outs, msg, display_id, cell_index)
@@ -144,17 +151,19 @@ def execute(
     With `progress`, the result so far is written there after every cell, so a run stopped from
     outside still shows which cells ran.
     """
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from jupyter_core.utils import run_sync
+    from nbclient.exceptions import DeadKernelError
 
     _prepare_work(work, settings.sandbox_kind)
     argv = settings.sandbox().kernel_argv(work, settings.limits())
     km = _kernel_manager(argv, work)
     client = _bounded_client_class()(
-        nb, km=km, timeout=settings.cell_timeout_s, interrupt_on_timeout=False, allow_errors=True,
-        startup_timeout=120, iopub_timeout=10, record_timing=False, resources={"metadata": {"path": str(work)}},
+        nb, km=km, timeout=settings.cell_timeout_s, interrupt_on_timeout=True, allow_errors=True,
+        error_on_timeout={"ename": "TimeoutError", "evalue": "timed out", "traceback": []},
+        startup_timeout=120, iopub_timeout=4, record_timing=False, resources={"metadata": {"path": str(work)}},
     )
     client.output_budget = settings.output_limit
-    client.truncated_cells = set()
+    client.truncated_cells, client.timed_out_cells = set(), set()
     status: dict[int, str] = {}
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     stopped = ""
@@ -165,15 +174,16 @@ def execute(
                     status[i] = f"not run: {stopped}"
                     continue
                 try:
+                    client.current_cell = i
                     client.execute_cell(nb.cells[i], i)
                     status[i] = "ok"
-                except CellTimeoutError:
-                    status[i] = "timed out"
-                    nb.cells[i].outputs.append(_error_output(
-                        "TimeoutError", f"the cell ran longer than {settings.cell_timeout_s:g} s and was interrupted"))
-                    if not _recovers_after_interrupt(client):
-                        stopped = f"cell {i} did not stop when interrupted and the kernel was stopped"
-                        km.shutdown_kernel(now=True)
+                    if i in client.timed_out_cells:
+                        status[i] = "timed out"
+                        nb.cells[i].outputs.append(_error_output(
+                            "TimeoutError", f"the cell ran longer than {settings.cell_timeout_s:g} s and was interrupted"))
+                        if not _responds(client):
+                            stopped = f"cell {i} did not stop when interrupted and the kernel was stopped"
+                            run_sync(km.shutdown_kernel)(now=True)
                 except DeadKernelError:
                     status[i] = "kernel died"
                     nb.cells[i].outputs.append(_error_output("DeadKernelError", "the kernel died while this cell ran"))
@@ -189,21 +199,20 @@ def execute(
     return nb, status
 
 
-def _recovers_after_interrupt(client) -> bool:
-    """Interrupt the kernel; True if it then runs a trivial cell (a loop may ignore SIGINT)."""
+def _responds(client) -> bool:
+    """After an interrupt: True if the kernel runs a trivial cell (a loop may ignore SIGINT)."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    probe = nbformat.v4.new_code_cell("pass")
+    saved = client.timeout, client.interrupt_on_timeout
+    client.timeout, client.interrupt_on_timeout = INTERRUPT_GRACE_S, False
     try:
-        client.km.interrupt_kernel()
-        probe = nbformat.v4.new_code_cell("pass")
-        saved, client.timeout = client.timeout, INTERRUPT_GRACE_S
-        try:
-            client.execute_cell(probe, 0, store_history=False)
-        finally:
-            client.timeout = saved
+        client.execute_cell(probe, 0, store_history=False)
         return True
     except (CellTimeoutError, DeadKernelError, RuntimeError):
         return False
+    finally:
+        client.timeout, client.interrupt_on_timeout = saved
 
 
 def _error_output(ename: str, evalue: str):

@@ -119,7 +119,27 @@ def score_run(
             points, reason = 0.0, state
         if reason and gid in tampered:
             reason += " (this test cell had been edited or deleted; the original ran)"
-        if reason and missing_answers and "not implemented" in reason:
+        if reason and missing_answers and "notimplemented" in reason.lower().replace(" ", ""):
             reason += f" (answer cell deleted: {', '.join(missing_answers)})"
+        if reason and index is not None:
+            reason += _answer_context(executed, status, index)
         grade.tests.append(TestOutcome(gid, points, max_points, reason, hidden))
     return grade
+
+
+def _answer_context(executed, status: dict[str, str], test_index: int) -> str:
+    """' (its answer cell add timed out)' when the answer cell above a failed test went wrong itself."""
+    from course_lib.grading.assemble import is_answer
+
+    for i in range(test_index - 1, -1, -1):
+        cell = executed.cells[i]
+        if not is_answer(cell):
+            continue
+        state = status.get(str(i), "")
+        if state == "timed out":
+            return f" (its answer cell {grade_id(cell)} timed out)"
+        error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
+        if error is not None:
+            return f" (its answer cell {grade_id(cell)} raised {error.get('ename')}: {first_line(error.get('evalue', ''), 150)})"
+        return ""
+    return ""

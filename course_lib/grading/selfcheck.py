@@ -13,7 +13,7 @@ from pathlib import Path
 
 from course_lib.grading import course
 from course_lib.grading.assemble import assemble, read_submission
-from course_lib.grading.collect import identify_notebook
+from course_lib.grading.collect import identify_notebook, identifying_ids
 from course_lib.grading.run import RunSettings, run_task
 from course_lib.grading.score import NotebookGrade, score_run
 
@@ -27,8 +27,7 @@ def check_notebook(notebook: Path, root: Path | None = None, cell_timeout_s: flo
         raise FileNotFoundError(f"No notebook at {notebook}.")
     root = Path(root) if root else course.find_course_root(notebook.parent)
     sources = {p.stem: p for a in course.assignments(root) for p in course.source_notebooks(root, a)}
-    ids = {name: {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in nbformat.read(p, 4).cells} - {None}
-           for name, p in sources.items()}
+    ids = {name: identifying_ids(nbformat.read(p, 4)) for name, p in sources.items()}
     name, _ = identify_notebook(notebook, ids)
     if name is None:
         raise FileNotFoundError(
