@@ -11,7 +11,8 @@ import nbformat
 import pytest
 
 from course_lib import cli
-from course_lib.grading import autograde_class, export_grades, integrity_file, release
+from course_lib.grading import release
+from course_lib.grading.pipeline import autograde
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "mech_interp"
@@ -92,62 +93,52 @@ def test_self_check_of_the_unmodified_release(capfd):
 
 
 @pytest.mark.slow
-@pytest.mark.enable_socket
-@pytest.mark.allow_hosts(["127.0.0.1", "::1", "localhost"])
-def test_a_hostile_class_is_graded_in_one_call(tmp_path):
+def test_tampering_with_the_real_checkers_earns_nothing(tmp_path):
+    """00_setup's checkers under attack from answer cells, graded as a class (two jobs).
+
+    The tiny-course tests (test_grading_pipeline.py) cover broken and hostile notebooks in
+    general; this one covers what needs the real checkers: monkeypatching them, torch or numpy,
+    and calling the reference implementation.
+    """
     root = _course_copy(tmp_path)
     release(root)
     solution = root / "solutions" / ASSIGNMENT / "00_setup.ipynb"
     student_nb = root / "notebooks" / ASSIGNMENT / "00_setup.ipynb"
     sub = lambda student: root / "submitted" / student / ASSIGNMENT / "00_setup.ipynb"
-
-    # A solution notebook: full marks. One is enough here: the browser tests (`make test-browser`)
-    # run every solution notebook, hidden tests included, and score each test cell by nbgrader's rule.
     sub("alice").parent.mkdir(parents=True)
-    shutil.copy(solution, sub("alice"))
-    # The release untouched: zero, runs to the end. One notebook is enough here; the browser tests
-    # (`make test-browser`) run every released notebook to its last cell and see every test fail.
+    shutil.copy(solution, sub("alice"))  # full marks (hidden tests included)
     sub("bob").parent.mkdir(parents=True)
-    shutil.copy(student_nb, sub("bob"))
-    _edit_answer(  # rebinds the checker and calls the reference: no points, flagged
-        student_nb, "resid_after_layer",
+    shutil.copy(student_nb, sub("bob"))  # the untouched release: zero
+    # Carol and Dave solve exercise 2 honestly and attack exercise 1's checker.
+    _edit_answer(  # rebinds the checker and calls the reference
+        solution, "resid_after_layer",
         "import course_lib.checks, course_lib.activations\n"
         "course_lib.checks.load_checks = lambda nb: type('C', (), {'check_resid_after_layer': staticmethod(lambda f, hidden=False: None)})\n"
         "def resid_after_layer(model, tokens, layer):\n"
         "    return course_lib.activations.resid_after_layer(model, tokens, layer)\n",
         sub("carol"),
     )
-    _edit_answer(student_nb, "resid_after_layer", "while True:\n    pass\n", sub("dave"))  # hangs
-    sub("eve").parent.mkdir(parents=True)
-    sub("eve").write_text("{ this is not a notebook")  # broken file
-
-    status = autograde_class(root, ASSIGNMENT, students=["alice", "bob", "carol", "eve"])
-    status |= autograde_class(root, ASSIGNMENT, timeout_s=45, students=["dave"])  # a short limit for the hang
-    assert set(status) == {"alice", "bob", "carol", "dave", "eve"}
-    assert status["alice"] == "ok" and status["bob"] == "ok"
-    assert "timed out" in status["dave"]
-    assert "integrity flags" in status["carol"]
-
-    rows = {r["student"]: r for r in csv.DictReader(export_grades(root, ASSIGNMENT, root / "grades.csv").open())}
-    assert set(rows) == {"alice", "bob", "carol", "dave", "eve"}, "every submission gets a row"
-    assert float(rows["alice"]["00_setup"]) == 6.0
-    assert float(rows["bob"]["total"]) == 0.0
-    assert float(rows["carol"]["00_setup:test_resid_after_layer"]) == 0.0
-    assert float(rows["carol"]["00_setup:test_resid_after_layer_hidden"]) == 0.0
-    assert int(rows["carol"]["integrity_flags"]) >= 1
-    assert float(rows["dave"]["total"]) == 0.0 and "timed out" in rows["dave"]["status"]
-    assert float(rows["eve"]["total"]) == 0.0
-
-    # The untouched release ran to the end: errors only in test cells.
-    graded_notebooks = sorted((root / "autograded" / "bob" / ASSIGNMENT).glob("*.ipynb"))
-    assert [p.name for p in graded_notebooks] == ["00_setup.ipynb"]
-    for path in graded_notebooks:
-        for cell in nbformat.read(path, as_version=4).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-            if not meta.get("grade"):
-                assert not errors, f"{path.name}: release crashed outside a test cell: {cell.source[:80]!r}"
-    assert (root / "feedback" / "alice" / ASSIGNMENT / "00_setup.html").exists()
-    flags = json.loads(integrity_file(root, ASSIGNMENT, "carol").read_text())
-    assert any("course_lib" in f["reason"] for f in flags)
-    assert not list((root / "feedback").rglob("*.json")), "integrity flags are for the instructor, not in feedback"
+    _edit_answer(  # makes every comparison pass
+        solution, "resid_after_layer",
+        "import torch, numpy\ntorch.allclose = lambda *a, **k: True\ntorch.testing.assert_close = lambda *a, **k: None\n"
+        "numpy.allclose = lambda *a, **k: True\n"
+        "def resid_after_layer(model, tokens, layer):\n    return torch.zeros(1)\n",
+        sub("dave"),
+    )
+    run = autograde(root, root / "submitted", ASSIGNMENT, jobs=2, notebooks=["00_setup"], progress=False)
+    rows = {}
+    for row in csv.DictReader((root / "grades.csv").open()):
+        if row["notebook"] == "00_setup":
+            rows.setdefault(row["student"], {})[row["test"]] = row
+    points = {s: sum(float(r["points"]) for r in tests.values()) for s, tests in rows.items()}
+    assert points == {"alice": 6, "bob": 0, "carol": 4, "dave": 4}, points
+    for student in ("carol", "dave"):
+        assert float(rows[student]["test_resid_after_layer"]["points"]) == 0
+        assert float(rows[student]["test_resid_after_layer_hidden"]["points"]) == 0
+    assert "reference" in rows["carol"]["test_resid_after_layer"]["reason"]
+    assert "not implemented" in rows["bob"]["test_answer_probability"]["reason"]
+    flagged = {g.student for g in run.grades if g.flags}
+    assert flagged == {"carol", "dave"}, flagged
+    # The feedback page of the full-marks student names every test and shows no hidden test code.
+    page = (root / "feedback" / "alice" / ASSIGNMENT / "00_setup.html").read_text()
+    assert "6 / 6 points" in page and "BEGIN HIDDEN TESTS" not in page

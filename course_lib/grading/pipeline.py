@@ -97,6 +97,11 @@ def autograde(
     started = time.monotonic()
     root = Path(root).resolve()
     submissions = Path(submissions).resolve()
+    if not submissions.exists():
+        raise FileNotFoundError(
+            f"No submissions at {submissions}: pass submitted/ (nbgrader's layout), a folder of "
+            "<student>.ipynb files, or an LMS download (.zip or folder)."
+        )
     course.release(root, assignment)  # the gradebook learns the current tests; the stubs are current
     nbs = course_notebooks(root, assignment)
     unknown = set(notebooks or []) - set(nbs)
