@@ -238,3 +238,58 @@ def test_grading_on_a_dask_scheduler_with_two_workers(tmp_path):
     points = {s: sum(float(r["points"]) for r in rows[s]["01_tiny"]) for s in rows}
     assert points == {"correct": 4, "wrong": 2, "exits": 0, "blank": 0}
     assert {g.sandbox for g in run.grades if g.notebook == "01_tiny"} == {run.sandbox}
+
+
+def test_a_machine_that_cannot_run_kernels_grades_nobody(tmp_path):
+    """When no kernel starts (here: a memory limit too small for Python), grading stops with the
+    reason before anyone is graded: a broken grader must not give a whole class zero."""
+    root = make_tiny_course(tmp_path / "course")
+    write_class({"correct": tiny_class(root)["correct"]}, root / "submitted")
+    with pytest.raises(RuntimeError, match="does not start.*nobody was graded"):
+        autograde(root, root / "submitted", TINY, memory_gb=0.02, progress=False)
+    assert not (root / "grades.csv").exists() and not (root / "grading" / TINY / "results").exists()
+
+
+def test_the_weaker_sandboxes_say_what_they_leave_open():
+    from course_lib.grading.sandbox import choose_sandbox
+
+    none = choose_sandbox(require="none")
+    assert none.kind == "none" and "bubblewrap" in none.warning and "can write" in none.warning
+    if os.geteuid() == 0:
+        try:
+            nobody = choose_sandbox(require="nobody")
+        except RuntimeError as err:  # e.g. a virtual environment under /root, which nobody cannot read
+            assert "readable by other users" in str(err)
+        else:
+            assert "network" in nobody.warning
+
+
+@needs_isolation
+def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
+    """What a grading kernel can reach, asked from inside it."""
+    import tempfile
+
+    from course_lib.grading.run import RunSettings, execute
+
+    # Outside /tmp (which every kernel gets fresh and empty), so that only the hiding can hide it.
+    outside = Path(tempfile.mkdtemp(dir="/var/tmp")) if Path("/var/tmp").is_dir() else tmp_path
+    root = make_tiny_course(outside / "course")
+    box = choose_sandbox([root / "solutions", root / "gradebook.db"])
+    code = (
+        "import os, socket\n"
+        "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=3); print('NETWORK')\n"
+        "except OSError:\n    print('no network')\n"
+        f"print('solutions visible' if os.listdir({str(root / 'solutions')!r}) else 'solutions hidden')\n"
+        f"gradebook = {str(root / 'gradebook.db')!r}\n"
+        "print('gradebook readable' if os.path.exists(gradebook) and os.path.getsize(gradebook) else 'gradebook hidden')\n"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    settings = RunSettings(cell_timeout_s=30, sandbox_kind=box.kind, sandbox_hidden=box.hidden,
+                           sandbox_visible=box.visible)
+    with tempfile.TemporaryDirectory() as work:
+        nb, status = execute(nb, settings, Path(work))
+    shutil.rmtree(outside, ignore_errors=True)
+    text = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert status == {0: "ok"}, (status, nb.cells[0].outputs)
+    if box.kind == "bubblewrap":
+        assert "no network" in text and "solutions hidden" in text and "gradebook hidden" in text, text

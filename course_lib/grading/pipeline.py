@@ -131,6 +131,7 @@ def autograde(
             sandbox_visible=box.visible, memory_bytes=int(memory_gb * 2**30),
             env={"COURSE_CACHE_DIR": str(cache_dir().resolve())},
         )
+        preflight(settings)
         by_key = {(s.student, s.notebook): s for s in found}
         # A student whose only file was not a notebook of this assignment still gets rows.
         everyone = {s.student for s in found} | {u.student for u in run.unmatched if u.student}
@@ -153,6 +154,22 @@ def autograde(
             "sandbox": box.kind, "unmatched": [{"path": str(u.path), "reason": u.reason} for u in run.unmatched]}
     write_report(root, assignment, kept, info)
     return run
+
+
+def preflight(settings: RunSettings) -> None:
+    """Start one sandboxed kernel before grading anyone: if the machine cannot run student code,
+    stop with the reason instead of giving a whole class zero."""
+    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import course_lib.checks, torch, nbformat\nprint('grading kernel ready')")])
+    result = run_task(nbformat.writes(probe), asdict(settings), wall_timeout_s=300)
+    outputs = nbformat.reads(result.notebook, 4).cells[0].outputs if result.notebook else []
+    if not any("grading kernel ready" in out.get("text", "") for out in outputs):
+        detail = result.failure or "; ".join(result.status.values()) or "no output"
+        errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.get("output_type") == "error"]
+        raise RuntimeError(
+            f"The grading kernel does not start in the {settings.sandbox_kind!r} sandbox, so nobody was graded: "
+            f"{'; '.join(errors) or detail}. Run `course doctor`, or try --sandbox none to see whether the sandbox is the cause."
+        )
 
 
 def _prepare(student: str, nb: CourseNotebook, sub: Submission | None) -> tuple[NotebookGrade | None, str, object]:

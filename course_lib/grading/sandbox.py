@@ -98,6 +98,24 @@ def _needed_paths() -> tuple[str, ...]:
     return tuple(sorted(str(p) for p in paths))
 
 
+def _nobody_cannot_run() -> str:
+    """Why `nobody` cannot start this Python with the course package ("" when it can)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        return "needs root (to start kernels as the `nobody` user)"
+    argv = Sandbox("nobody").kernel_argv(Path("/"), Limits())[:-2] + ["-c", "import ipykernel, course_lib"]
+    try:
+        probe = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    if probe.returncode == 0:
+        return ""
+    last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+    return (f"`nobody` cannot run {sys.executable} with the course package ({last}); the Python environment "
+            "must be readable by other users (a virtual environment under /root is not)")
+
+
 def _bubblewrap_works() -> bool:
     """bwrap is installed and may create the namespaces (some containers forbid it)."""
     import subprocess
@@ -125,14 +143,16 @@ def choose_sandbox(hidden: list[Path] = (), require: str | None = None) -> Sandb
             "bubblewrap is not usable here: install it (`sudo apt-get install -y bubblewrap`) and allow "
             "unprivileged user namespaces, or grade with --sandbox nobody/none."
         )
-    if require in (None, "nobody") and os.geteuid() == 0:
+    nobody_error = _nobody_cannot_run() if require in (None, "nobody") and os.geteuid() == 0 else "not root"
+    if require == "nobody" and nobody_error:
+        raise RuntimeError(f"--sandbox nobody: {nobody_error}")
+    if require in (None, "nobody") and not nobody_error:
         return Sandbox("nobody", warning=(
             "bubblewrap is not available, so student code runs as `nobody` with resource limits: it cannot "
             "write the course, the package or the gradebook, but it can reach the network and read files. "
             "Install bubblewrap (`apt-get install -y bubblewrap`) for full isolation."))
-    if require == "nobody":
-        raise RuntimeError("--sandbox nobody needs root (to start kernels as the `nobody` user).")
+    why = "" if nobody_error == "not root" else f" (running kernels as `nobody` is not possible: {nobody_error})"
     return Sandbox("none", warning=(
         "No sandbox: student code runs as you, with resource limits only, and can write whatever you "
         "can (the gradebook, the course). Fine for checking your own notebook; to grade a class, install "
-        "bubblewrap (`sudo apt-get install -y bubblewrap`) or grade as root."))
+        f"bubblewrap (`sudo apt-get install -y bubblewrap`) or grade as root{why}."))
