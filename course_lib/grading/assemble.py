@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import nbformat
@@ -82,7 +83,9 @@ def read_submission(data: bytes) -> NotebookNode:
     if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         raise UnreadableNotebook("the file is JSON but not a notebook (it has no list of cells)")
     try:
-        nb = nbformat.reads(json.dumps(raw), as_version=4)
+        with warnings.catch_warnings():  # duplicated cells carry duplicate ids; nbformat renames them
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(json.dumps(raw), as_version=4)
     except Exception as err:  # nbformat raises many kinds on malformed cells
         raise UnreadableNotebook(f"the notebook is malformed ({type(err).__name__}: {str(err)[:200]})") from None
     for cell in nb.cells:

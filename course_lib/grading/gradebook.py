@@ -46,9 +46,14 @@ def load_grades(root: Path, assignment: str) -> list[NotebookGrade]:
 
 def write_gradebook(root: Path, assignment: str, grades: list[NotebookGrade]) -> None:
     """Put the scores into nbgrader's gradebook (the formgrader and `nbgrader export` read it)."""
+    import warnings
+
     from nbgrader.api import Gradebook, MissingEntry
 
-    with Gradebook(f"sqlite:///{Path(root) / 'gradebook.db'}") as gb:
+    # nbgrader 0.9 with SQLAlchemy 2 warns on every new submission ("not in session"); the rows
+    # are written all the same (the tests read them back).
+    with warnings.catch_warnings(), Gradebook(f"sqlite:///{Path(root) / 'gradebook.db'}") as gb:
+        warnings.simplefilter("ignore")
         for student in sorted({g.student for g in grades}):
             gb.update_or_create_student(student)
             try:
