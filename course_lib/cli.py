@@ -127,7 +127,7 @@ def cmd_autograde(args) -> int:
         root, Path(target), assignment, jobs=args.jobs, scheduler=args.scheduler,
         cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout, sandbox=args.sandbox,
         notebooks=args.notebook, students=args.student, memory_gb=args.memory_gb,
-        output=root / args.output, progress=not args.quiet,
+        output=root / args.output, progress=not args.quiet, skip_demos=not args.run_demos,
     )
     for u in run.unmatched:
         print(f"not graded: {u.path}: {u.reason}")
@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, default=6.0, help="memory limit of one grading kernel")
     p.add_argument("--output", default="grades.csv", help="CSV file, relative to the course root")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--run-demos", action="store_true",
+                   help="run every demonstration cell too (default: skip those no graded cell depends on)")
     p.set_defaults(fn=cmd_autograde)
     p = sub.add_parser("feedback", help="write each student's HTML feedback (no hidden tests) again")
     p.add_argument("--assignment", default="mech_interp")

@@ -41,7 +41,8 @@ def tiny_source() -> nbformat.NotebookNode:
         _cell("code", 'assert add(1, 2) == 3, "add(1, 2) should be 3"', "test_add", points=1, **test),
         _cell("code", '"""Hidden test of add."""\n### BEGIN HIDDEN TESTS\nassert add(-5, 5) == 0, "add(-5, 5) should be 0"\n'
               "### END HIDDEN TESTS", "test_add_hidden", points=1, **test),
-        _cell("code", "print(add(2, 2))"),
+        _cell("code", "print(add(2, 2))", tags=("demo",)),
+        _cell("code", "OFFSET = 0  # a demo that binds a name", tags=("demo",)),
         _cell("code", "def mul(a, b):\n    ### BEGIN SOLUTION\n    return a * b\n    ### END SOLUTION", "mul", solution=True),
         _cell("code", 'assert mul(3, 4) == 12, "mul(3, 4) should be 12"', "test_mul", points=2, **test),
     ]

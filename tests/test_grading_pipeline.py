@@ -293,3 +293,87 @@ def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
     assert status == {0: "ok"}, (status, nb.cells[0].outputs)
     if box.kind == "bubblewrap":
         assert "no network" in text and "solutions hidden" in text and "gradebook hidden" in text, text
+
+
+def test_demo_cells_are_skipped_only_when_nothing_needs_them():
+    from course_lib.grading.assemble import assemble
+    from course_lib.grading.demos import cells_to_skip
+    import copy
+
+    source = __import__("grading_fixtures").tiny_source()
+    release = copy.deepcopy(source)
+    for cell in release.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = "raise NotImplementedError()"
+    demo_print, demo_offset = 5, 6
+    plain = assemble(source, release, copy.deepcopy(release)).notebook
+    assert cells_to_skip(plain, source) == ({demo_print, demo_offset}, "")
+    # An answer that reads a name a demo binds: that demo runs.
+    uses = copy.deepcopy(release)
+    uses.cells[6 + 1].source = "def mul(a, b):\n    return a * b + OFFSET"
+    skip, _ = cells_to_skip(assemble(source, release, uses).notebook, source)
+    assert skip == {demo_print}
+    # An edited demo is the student's code: it runs.
+    edited = copy.deepcopy(release)
+    edited.cells[demo_print].source = "print(add(3, 3))"
+    assert demo_print not in cells_to_skip(assemble(source, release, edited).notebook, source)[0]
+    # Dynamic access to the namespace: nothing is skipped.
+    for code in ("g = globals()['OFFSET']", "exec('x = OFFSET')", "%time x = 1", "import __main__"):
+        dynamic = copy.deepcopy(release)
+        dynamic.cells[6 + 1].source = code
+        skip, why = cells_to_skip(assemble(source, release, dynamic).notebook, source)
+        assert skip == set() and why, code
+
+
+@pytest.mark.slow
+@needs_isolation
+def test_skipping_demonstrations_gives_the_grades_of_a_full_run(tmp_path):
+    """The same submissions of two real notebooks graded with every cell run and with the demos
+    skipped: identical points and reasons (the proof that skipping is safe on these notebooks;
+    benchmarks/grading.py does the same for all six)."""
+    import csv
+
+    from course_lib.grading import release as release_course
+
+    root = tmp_path / "course"
+    for name in ("solutions", "notebooks"):
+        shutil.copytree(PACKAGE.parent / name, root / name)
+    shutil.copy(PACKAGE.parent / "nbgrader_config.py", root / "nbgrader_config.py")
+    release_course(root)
+    names = ["00_setup", "03_residual_stream"]
+    for name in names:
+        solution = nbformat.read(root / "solutions" / "mech_interp" / f"{name}.ipynb", 4)
+        released = nbformat.read(root / "notebooks" / "mech_interp" / f"{name}.ipynb", 4)
+        # "mixed": some answers right, some not (see copy_answers).
+        mixed = copy_answers(solution, released)
+        # (The solutions' full runs are the browser tests' business: every test passes there.)
+        for student, nb in (("solved", solution), ("mixed", mixed)) if name == "00_setup" else (("mixed", mixed),):
+            path = root / "submitted" / student / "mech_interp" / f"{name}.ipynb"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, path)
+    rows = {}
+    for skip in (False, True):
+        autograde(root, root / "submitted", "mech_interp", jobs=2, notebooks=names, progress=False,
+                  skip_demos=skip)
+        with (root / "grades.csv").open() as f:
+            rows[skip] = [(r["student"], r["notebook"], r["test"], r["points"], r["reason"]) for r in csv.DictReader(f)]
+    assert rows[True] == rows[False]
+    points = {}
+    for student, notebook, _, p, _ in rows[True]:
+        points[(student, notebook)] = points.get((student, notebook), 0) + float(p)
+    assert points[("solved", "00_setup")] == 6 and points[("mixed", "00_setup")] == 4
+    assert 0 < points[("mixed", "03_residual_stream")] < 22
+
+
+def copy_answers(solution, released):
+    """The solution notebook, with its first answer cell reset to the stub and (if it has more than
+    two) its last one deleted."""
+    import copy
+
+    nb = copy.deepcopy(solution)
+    answers = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    stub = next(c for c in released.cells if c.metadata.get("nbgrader", {}).get("grade_id") == answers[0].metadata.nbgrader.grade_id)
+    answers[0].source = stub.source
+    if len(answers) > 2:
+        answers[-1].source = "x = 1  # the function is gone"
+    return nb

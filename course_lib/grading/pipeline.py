@@ -23,6 +23,7 @@ import nbformat
 from course_lib.grading import course
 from course_lib.grading.assemble import UnreadableNotebook, assemble, read_submission
 from course_lib.grading.collect import Submission, Unmatched, collect, identifying_ids
+from course_lib.grading.demos import mark_skips
 from course_lib.grading.gradebook import load_grades, save_grade, write_csv, write_gradebook, write_totals_csv
 from course_lib.grading.run import RunSettings, run_task
 from course_lib.grading.sandbox import choose_sandbox
@@ -88,6 +89,7 @@ def autograde(
     memory_gb: float = 6.0,
     output: Path | None = None,
     progress: bool = True,
+    skip_demos: bool = True,
 ) -> GradingRun:
     """Grade every submission under `submissions`; write the gradebook, grades.csv, feedback, report."""
     from course_lib.grading.feedback import write_feedback
@@ -140,7 +142,8 @@ def autograde(
         tasks: list[tuple[str, str, Submission | None]] = [
             (student, name, by_key.get((student, name))) for student in sorted(everyone) for name in wanted
         ]
-        grades = _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment)
+        grades = _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment,
+                            skip_demos)
     for grade in grades:
         write_feedback(root, assignment, grade)
     kept = load_grades(root, assignment)
@@ -151,6 +154,7 @@ def autograde(
     run.csv = write_csv(kept, out)
     write_totals_csv(kept, list(nbs), out.with_name("totals.csv"))
     info = {"graded": len(grades), "wall_s": run.wall_s, "jobs": jobs, "scheduler": scheduler or "this machine",
+            "demonstrations": "skipped where no graded cell depends on them" if skip_demos else "run",
             "sandbox": box.kind, "unmatched": [{"path": str(u.path), "reason": u.reason} for u in run.unmatched]}
     write_report(root, assignment, kept, info)
     return run
@@ -172,7 +176,9 @@ def preflight(settings: RunSettings) -> None:
         )
 
 
-def _prepare(student: str, nb: CourseNotebook, sub: Submission | None) -> tuple[NotebookGrade | None, str, object]:
+def _prepare(
+    student: str, nb: CourseNotebook, sub: Submission | None, skip_demos: bool = True
+) -> tuple[NotebookGrade | None, str, object]:
     """Either a finished grade (nothing to run) or the notebook to run and how it was assembled."""
     if sub is None:
         return zero_grade(student, nb.name, nb.source, "not submitted"), "", None
@@ -183,10 +189,13 @@ def _prepare(student: str, nb: CourseNotebook, sub: Submission | None) -> tuple[
         grade.source_file = str(sub.path)
         return grade, "", None
     assembled = assemble(nb.source, nb.release, student_nb)
+    if skip_demos:
+        skipped, why = mark_skips(assembled.notebook, nb.source)
+        assembled.notes.append(f"{skipped} demonstration cell(s) skipped" if skipped else f"demonstrations run: {why}")
     return None, nbformat.writes(assembled.notebook), assembled
 
 
-def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment):
+def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment, skip_demos):
     """Run every task on Dask; score and keep each result as it arrives."""
     from tqdm.auto import tqdm
 
@@ -223,7 +232,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
     try:
         for student, name, sub in tasks:
             nb = nbs[name]
-            done, nb_json, assembled = _prepare(student, nb, sub)
+            done, nb_json, assembled = _prepare(student, nb, sub, skip_demos)
             if done is not None:
                 keep(done, None)
                 continue

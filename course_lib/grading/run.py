@@ -29,6 +29,7 @@ from pathlib import Path
 
 import nbformat
 
+from course_lib.grading.demos import SKIP_KEY
 from course_lib.grading.sandbox import Limits, Sandbox
 
 OUTPUT_LIMIT_BYTES = 2_000_000  # outputs kept per notebook (figures included)
@@ -172,6 +173,9 @@ def execute(
             for i in code_cells:
                 if stopped:
                     status[i] = f"not run: {stopped}"
+                    continue
+                if nb.cells[i].metadata.get(SKIP_KEY):
+                    status[i] = "skipped: a demonstration no graded cell depends on"
                     continue
                 try:
                     client.current_cell = i

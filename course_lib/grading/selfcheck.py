@@ -14,6 +14,7 @@ from pathlib import Path
 from course_lib.grading import course
 from course_lib.grading.assemble import assemble, read_submission
 from course_lib.grading.collect import identify_notebook, identifying_ids
+from course_lib.grading.demos import mark_skips
 from course_lib.grading.run import RunSettings, run_task
 from course_lib.grading.score import NotebookGrade, score_run
 
@@ -38,6 +39,7 @@ def check_notebook(notebook: Path, root: Path | None = None, cell_timeout_s: flo
     release_path = root / course.RELEASE_DIR / source_path.parent.name / source_path.name
     release = nbformat.read(release_path, 4)
     assembled = assemble(source, release, read_submission(notebook.read_bytes()))
+    mark_skips(assembled.notebook, source)  # as `course autograde` does
     settings = RunSettings(cell_timeout_s=cell_timeout_s, env={"COURSE_CACHE_DIR": str(cache_dir().resolve())})
     result = run_task(nbformat.writes(assembled.notebook), settings.__dict__, wall_timeout_s=3600)
     if not result.notebook:
