@@ -274,12 +274,16 @@ def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
     # Outside /tmp (which every kernel gets fresh and empty), so that only the hiding can hide it.
     outside = Path(tempfile.mkdtemp(dir="/var/tmp")) if Path("/var/tmp").is_dir() else tmp_path
     root = make_tiny_course(outside / "course")
-    box = choose_sandbox([root / "solutions", root / "gradebook.db"])
+    from course_lib.grading.pipeline import _hidden_paths
+
+    box = choose_sandbox(_hidden_paths(root, root / "submitted"))
     code = (
         "import os, socket\n"
         "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=3); print('NETWORK')\n"
         "except OSError:\n    print('no network')\n"
         f"print('solutions visible' if os.listdir({str(root / 'solutions')!r}) else 'solutions hidden')\n"
+        # The course the package was installed from: its solution notebooks hold the answers.
+        f"print('package solutions visible' if os.listdir({str(PACKAGE.parent / 'solutions')!r}) else 'package solutions hidden')\n"
         f"gradebook = {str(root / 'gradebook.db')!r}\n"
         "print('gradebook readable' if os.path.exists(gradebook) and os.path.getsize(gradebook) else 'gradebook hidden')\n"
     )
@@ -293,6 +297,7 @@ def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
     assert status == {0: "ok"}, (status, nb.cells[0].outputs)
     if box.kind == "bubblewrap":
         assert "no network" in text and "solutions hidden" in text and "gradebook hidden" in text, text
+        assert "package solutions hidden" in text, text
 
 
 def test_demo_cells_are_skipped_only_when_nothing_needs_them():

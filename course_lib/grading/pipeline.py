@@ -12,6 +12,7 @@ only the course package and its model cache, not the course folder.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -66,9 +67,13 @@ def course_notebooks(root: Path, assignment: str) -> dict[str, CourseNotebook]:
 
 def _hidden_paths(root: Path, submissions: Path) -> list[Path]:
     """What a grading kernel must not read: other students' work, solutions, grades."""
-    hidden = [root / d for d in ("solutions", "submitted", "autograded", "feedback", "grading", "exchange",
-                                 "integrity")] + [root / "gradebook.db"]
     package = Path(__file__).resolve().parents[2]
+    hidden = []
+    # The course being graded, and the folder the package was installed from (an editable install
+    # in a course folder): a kernel that could read a solution notebook could run its code.
+    for folder in {root, package}:
+        hidden += [folder / d for d in ("solutions", "submitted", "autograded", "feedback", "grading", "exchange",
+                                        "integrity")] + [folder / "gradebook.db"]
     if submissions.is_dir() and not package.is_relative_to(submissions.resolve()):
         hidden.append(submissions)
     return hidden
@@ -131,7 +136,10 @@ def autograde(
         settings = RunSettings(
             cell_timeout_s=cell_timeout_s, sandbox_kind=box.kind, sandbox_hidden=box.hidden,
             sandbox_visible=box.visible, memory_bytes=int(memory_gb * 2**30),
-            env={"COURSE_CACHE_DIR": str(cache_dir().resolve())},
+            env={"COURSE_CACHE_DIR": str(cache_dir().resolve()),
+                 # Each kernel gets its share of this machine's cores (on a cluster: workers run
+                 # one task per thread, so one core each).
+                 "OMP_NUM_THREADS": str(1 if scheduler else max(1, (os.cpu_count() or 1) // max(1, jobs)))},
         )
         preflight(settings)
         by_key = {(s.student, s.notebook): s for s in found}
