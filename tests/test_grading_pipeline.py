@@ -382,3 +382,25 @@ def copy_answers(solution, released):
     if len(answers) > 2:
         answers[-1].source = "x = 1  # the function is gone"
     return nb
+
+
+def test_a_kernel_that_never_started_is_a_grading_error_not_a_zero_for_the_student(tmp_path):
+    """If a worker cannot start a kernel (after one retry), the row says it is the grader's fault
+    and the report lists it for a re-grade."""
+    from course_lib.grading.assemble import assemble
+    from course_lib.grading.gradebook import needs_a_look
+    from course_lib.grading.pipeline import _score
+    from course_lib.grading.collect import Submission
+    from course_lib.grading.run import RunResult
+
+    root = make_tiny_course(tmp_path / "course")
+    source = nbformat.read(root / "solutions" / TINY / "01_tiny.ipynb", 4)
+    release = nbformat.read(root / "notebooks" / TINY / "01_tiny.ipynb", 4)
+    assembled = assemble(source, release, release)
+    code = [i for i, c in enumerate(assembled.notebook.cells) if c.cell_type == "code"]
+    failed = RunResult(nbformat.writes(assembled.notebook),
+                       {str(i): "not run: the grading kernel failed: RuntimeError: Kernel died before replying" for i in code}, 3.0)
+    nb = type("NB", (), {"name": "01_tiny", "source": source})
+    grade = _score("s", nb, Submission("s", "01_tiny", root / "x.ipynb", "test"), assembled, failed)
+    assert grade.points == 0 and all(t.reason.startswith("grading error, not the student's") for t in grade.tests)
+    assert any("grade this notebook again" in why for why in needs_a_look(grade))

@@ -141,7 +141,6 @@ def autograde(
                  # one task per thread, so one core each).
                  "OMP_NUM_THREADS": str(1 if scheduler else max(1, (os.cpu_count() or 1) // max(1, jobs)))},
         )
-        preflight(settings)
         by_key = {(s.student, s.notebook): s for s in found}
         # A student whose only file was not a notebook of this assignment still gets rows.
         everyone = {s.student for s in found} | {u.student for u in run.unmatched if u.student}
@@ -168,12 +167,13 @@ def autograde(
     return run
 
 
-def preflight(settings: RunSettings) -> None:
-    """Start one sandboxed kernel before grading anyone: if the machine cannot run student code,
-    stop with the reason instead of giving a whole class zero."""
+def preflight(settings: RunSettings, submit=None) -> None:
+    """Start one sandboxed kernel before grading anyone, where the tasks will run (`submit`): if it
+    cannot run student code, stop with the reason instead of giving a whole class zero."""
     probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "import course_lib.checks, torch, nbformat\nprint('grading kernel ready')")])
-    result = run_task(nbformat.writes(probe), asdict(settings), wall_timeout_s=300)
+    args = (nbformat.writes(probe), asdict(settings), 300)
+    result = submit(*args).result() if submit else run_task(*args)
     outputs = nbformat.reads(result.notebook, 4).cells[0].outputs if result.notebook else []
     if not any("grading kernel ready" in out.get("text", "") for out in outputs):
         detail = result.failure or "; ".join(result.status.values()) or "no output"
@@ -204,7 +204,7 @@ def _prepare(
 
 
 def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progress, root, assignment, skip_demos):
-    """Run every task on Dask; score and keep each result as it arrives."""
+    """Run every task (local threads, or Dask workers with `scheduler`); score and keep each result as it arrives."""
     from tqdm.auto import tqdm
 
     from course_lib.integrity import scan_cells
@@ -238,6 +238,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
         submit = lambda *args: pool.submit(run_task, *args)  # noqa: E731
         close = pool.shutdown
     try:
+        preflight(settings, submit)
         for student, name, sub in tasks:
             nb = nbs[name]
             done, nb_json, assembled = _prepare(student, nb, sub, skip_demos)
@@ -266,7 +267,11 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
 
 
 def _score(student, nb, sub, assembled, result) -> NotebookGrade:
-    if not result.notebook:
+    never_started = result.status and all(v.startswith("not run: the grading kernel failed") for v in result.status.values())
+    if never_started:  # the machine's fault, not the student's: said so, and the report lists it
+        why = next(iter(result.status.values())).removeprefix("not run: ")
+        grade = zero_grade(student, nb.name, nb.source, f"grading error, not the student's: {why}; grade this notebook again")
+    elif not result.notebook:
         grade = zero_grade(student, nb.name, nb.source, result.failure or "the run returned nothing")
     else:
         executed = nbformat.reads(result.notebook, as_version=4)

@@ -234,7 +234,17 @@ class RunResult:
 
 
 def run_task(nb_json: str, settings: dict, wall_timeout_s: float) -> RunResult:
-    """Run one notebook in a grading process of its own with a wall-clock limit (a Dask task)."""
+    """Run one notebook in a grading process of its own with a wall-clock limit (a Dask task).
+
+    A kernel that never started (a busy or broken machine, not the notebook) is tried once more.
+    """
+    result = _run_once(nb_json, settings, wall_timeout_s)
+    if result.status and all(v.startswith("not run: the grading kernel failed") for v in result.status.values()):
+        result = _run_once(nb_json, settings, wall_timeout_s)
+    return result
+
+
+def _run_once(nb_json: str, settings: dict, wall_timeout_s: float) -> RunResult:
     import subprocess
 
     started = time.monotonic()
