@@ -108,7 +108,7 @@ def identify_notebook(path: Path, course_ids: dict[str, set[str]]) -> tuple[str 
     by_name = [name for name in course_ids if name in path.name]
     if by_name:
         return max(by_name, key=len), "its file name"
-    return None, "neither its grade ids nor its file name name a notebook of this assignment"
+    return None, "neither its grade ids nor its file name match a notebook of this assignment"
 
 
 def _from_lms_name(file_name: str) -> tuple[str, str, str, tuple] | None:

@@ -39,7 +39,7 @@ def distribution_figure(grades: list[NotebookGrade]):
     full = [sum(s >= 1 for s in v) for v in scores.values()]
     part = [sum(0 < s < 1 for s in v) for v in scores.values()]
     zero = [sum(s <= 0 for s in v) for v in scores.values()]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * max(len(names), 3) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * max(len(names), 3) + 1.2))
     y = range(len(names))
     ax.barh(y, full, color="#1a7f37", label="all points")
     ax.barh(y, part, left=full, color="#e0a800", label="some points")
@@ -48,7 +48,7 @@ def distribution_figure(grades: list[NotebookGrade]):
     ax.invert_yaxis()
     ax.set_xlabel("students")
     ax.set_title("Points per exercise (visible and hidden tests together)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     return fig
 
@@ -86,6 +86,11 @@ def write_report(root: Path, assignment: str, grades: list[NotebookGrade], run_i
         timing = (f"<p>Last run: {run_info.get('graded', 0)} notebooks in {run_info.get('wall_s', 0):.0f} s of wall "
                   f"time with {run_info.get('jobs', '?')} job(s) on {e(str(run_info.get('scheduler', 'this machine')))}; "
                   f"sandbox: {e(str(run_info.get('sandbox', '?')))}.</p>")
+    unmatched = run_info.get("unmatched") or []
+    unmatched_html = ""
+    if unmatched:
+        items = "".join(f"<li><code>{e(u['path'])}</code>: {e(u['reason'])}</li>" for u in unmatched)
+        unmatched_html = f"<h2>Files not graded ({len(unmatched)})</h2><ul>{items}</ul>"
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{e(assignment)}: grading report</title>
 <style>body {{ font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; }}
@@ -97,6 +102,7 @@ table {{ border-collapse: collapse; }}</style></head><body>
 <h2>Points per exercise</h2>{figure_html}
 <h2>Needs a human look ({len(look)})</h2>
 <table><tr><th>student</th><th>notebook</th><th>points</th><th>why</th></tr>{look_rows}</table>
+{unmatched_html}
 <h2>Slowest notebooks</h2>
 <ul>{''.join(f'<li>{e(g.student)} / {e(g.notebook)}: {g.seconds:.0f} s</li>' for g in slow)}</ul>
 </body></html>
