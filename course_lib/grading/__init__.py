@@ -3,6 +3,7 @@
     course      the course on disk, nbgrader's settings, `release`
     collect     find submissions (nbgrader layout, <student>.ipynb, LMS downloads)
     assemble    the notebook to grade: the student's answers in the instructor's cells
+    demos       which demonstration cells a graded run can skip without changing a grade
     sandbox     where student code runs (bubblewrap, `nobody`, resource limits)
     run         run one notebook in a sandboxed kernel, cell by cell, with limits
     score       points and a reason for every test cell
