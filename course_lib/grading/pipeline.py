@@ -74,7 +74,7 @@ def _hidden_paths(root: Path, submissions: Path) -> list[Path]:
     for folder in {root, package}:
         hidden += [folder / d for d in ("solutions", "submitted", "autograded", "feedback", "grading", "exchange",
                                         "integrity")] + [folder / "gradebook.db"]
-    if submissions.is_dir() and not package.is_relative_to(submissions.resolve()):
+    if submissions.is_file() or not package.is_relative_to(submissions.resolve()):  # an LMS zip, or a folder
         hidden.append(submissions)
     return hidden
 
