@@ -33,6 +33,9 @@ SUSPICIOUS_ATTRIBUTES = {
     # one with no error output, which nbgrader scores as passed.
     "set_custom_exc", "CustomTB", "custom_exceptions", "showtraceback", "_showtraceback",
     "InteractiveTB", "events",
+    # IPython's input and AST transformers rewrite every later cell, test cells included.
+    "input_transformers_cleanup", "input_transformers_post", "input_transformer_manager",
+    "ast_transformers", "register_magic_function", "run_cell", "user_ns", "displayhook",
 }
 
 
@@ -47,6 +50,16 @@ class Flag:
     reason: str
 
 
+def _as_python(source: str) -> str:
+    """The cell as IPython runs it: magics and shell escapes become Python calls."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return TransformerManager().transform_cell(source)
+    except Exception:
+        return source
+
+
 def _root_name(node: ast.AST) -> str | None:
     while isinstance(node, (ast.Attribute, ast.Subscript)):
         node = node.value
@@ -56,9 +69,10 @@ def _root_name(node: ast.AST) -> str | None:
 def scan_source(source: str) -> list[tuple[int, str, str]]:
     """(line, code, reason) for each suspicious construct in one cell of Python source."""
     try:
-        tree = ast.parse(source)
+        tree = ast.parse(_as_python(source))
     except SyntaxError:
-        return []  # IPython magics or broken code: the grader will report those itself
+        # Not Python even after IPython's own rewriting (magics): it cannot be scanned, so say so.
+        return [(1, source.strip().splitlines()[0][:80] if source.strip() else "", "cannot be read as Python (not scanned)")]
     lines = source.splitlines()
     found = []
 

@@ -115,6 +115,12 @@ def tiny_class(root: Path) -> dict[str, object]:
             "for target in [pathlib.Path(course_lib.__file__), pathlib.Path(" + repr(gradebook) + ")]:\n"
             "    try:\n        target.open('a').write('# hacked')\n    except OSError:\n        pass\n" + CORRECT_ADD)),
         "stderr": solved(add="import sys\ndef add(a, b):\n    print('debug', file=sys.stderr)\n    return a + b"),
+        # nbgrader reads a displayed number as partial credit, before it looks for the error.
+        "displayhook": solved(add="import sys\ndef add(a, b):\n    sys.displayhook(1.0)\n    return 7"),
+        "displayhook_99": solved(add="import sys\ndef add(a, b):\n    sys.displayhook(99)\n    return 7"),
+        # Output past the budget is dropped, but stderr (which fails a test) never is.
+        "stderr_after_flood": solved(add="print('x' * 3_000_000)\nimport sys\n"
+                                     "def add(a, b):\n    print('oops', file=sys.stderr)\n    return a + b"),
     }
     # Test cells: deleted, emptied, edited (to pass), re-tagged as an answer.
     nb = solved()
@@ -145,6 +151,12 @@ def tiny_class(root: Path) -> dict[str, object]:
     nb = solved()
     nb.metadata["kernelspec"] = {"name": "evil", "display_name": "evil", "language": "python"}
     subs["kernelspec"] = nb
+    nb = solved()
+    nb.metadata["kernelspec"] = "python3"  # not even a dict
+    subs["kernelspec_string"] = nb
+    raw = json.loads(nbformat.writes(solved()))
+    next(c for c in raw["cells"] if c["cell_type"] == "code" and "demo" in c["metadata"].get("tags", [])).pop("source")
+    subs["no_source"] = json.dumps(raw).encode()  # a cell without its source field
     subs["invalid_json"] = b'{"cells": [ this is not json'
     subs["empty_file"] = b""
     return subs
@@ -173,6 +185,11 @@ EXPECTED = {
     "answer_deleted": (2, "answer cell deleted"),
     "answer_duplicated": (4, None),
     "kernelspec": (4, None),
+    "kernelspec_string": (4, None),
+    "displayhook": (2, "add(1, 2) should be 3"),
+    "displayhook_99": (2, "add(1, 2) should be 3"),
+    "stderr_after_flood": (2, "stderr"),
+    "no_source": (4, None),
     "invalid_json": (0, "not valid notebook JSON"),
     "empty_file": (0, "empty"),
 }

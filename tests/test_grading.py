@@ -125,20 +125,32 @@ def test_tampering_with_the_real_checkers_earns_nothing(tmp_path):
         "def resid_after_layer(model, tokens, layer):\n    return torch.zeros(1)\n",
         sub("dave"),
     )
+    _edit_answer(  # rebinds the global the test cells call, and returns a tensor that compares equal to anything
+        solution, "resid_after_layer",
+        "import torch\n"
+        "load_checks = lambda nb: type('C', (), {'__getattr__': lambda self, name: (lambda *a, **k: None)})()\n"
+        "class Always(torch.Tensor):\n"
+        "    @classmethod\n"
+        "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+        "        return torch.ones(1, dtype=torch.bool).expand(10**6)\n"
+        "def resid_after_layer(model, tokens, layer):\n"
+        "    return torch.zeros(1).as_subclass(Always)\n",
+        sub("erin"),
+    )
     run = autograde(root, root / "submitted", ASSIGNMENT, jobs=2, notebooks=["00_setup"], progress=False)
     rows = {}
     for row in csv.DictReader((root / "grades.csv").open()):
         if row["notebook"] == "00_setup":
             rows.setdefault(row["student"], {})[row["test"]] = row
     points = {s: sum(float(r["points"]) for r in tests.values()) for s, tests in rows.items()}
-    assert points == {"alice": 6, "bob": 0, "carol": 4, "dave": 4}, points
-    for student in ("carol", "dave"):
+    assert points == {"alice": 6, "bob": 0, "carol": 4, "dave": 4, "erin": 4}, points
+    for student in ("carol", "dave", "erin"):
         assert float(rows[student]["test_resid_after_layer"]["points"]) == 0
         assert float(rows[student]["test_resid_after_layer_hidden"]["points"]) == 0
     assert "reference" in rows["carol"]["test_resid_after_layer"]["reason"]
     assert "not implemented" in rows["bob"]["test_answer_probability"]["reason"]
     flagged = {g.student for g in run.grades if g.flags}
-    assert flagged == {"carol", "dave"}, flagged
+    assert flagged == {"carol", "dave"}, flagged  # erin's rebinding is plain code: it simply fails
     # The feedback page of the full-marks student names every test and shows no hidden test code.
     page = (root / "feedback" / "alice" / ASSIGNMENT / "00_setup.html").read_text()
     assert "6 / 6 points" in page and "BEGIN HIDDEN TESTS" not in page

@@ -107,7 +107,8 @@ def test_feedback_shows_messages_and_never_hidden_tests(graded):
     root, _, _ = graded
     page = (root / "feedback" / "wrong" / TINY / "01_tiny.html").read_text()
     assert "add(1, 2) should be 3" in page  # a visible check's message
-    assert "add(-5, 5) should be 0" in page  # a hidden check's message: what failed, in words
+    # A hidden test shows pass or fail only: what it printed could carry its code.
+    assert "add(-5, 5)" not in page and "The hidden test failed" in page
     for student in EXPECTED:  # and never a hidden test's code
         text = (root / "feedback" / student / TINY / "01_tiny.html").read_text()
         assert "HIDDEN TESTS" not in text and "assert add(-5, 5)" not in text and "Hidden test of add" not in text
@@ -167,7 +168,7 @@ def test_a_plain_folder_and_an_lms_zip_are_collected(tmp_path):
         zf.write(src, "__MACOSX/._doejane_12345_678901_01_tiny.ipynb")
     found, unmatched = collect(archive, TINY, ids, unpack_to=tmp_path / "unpacked")
     assert [(s.student, s.notebook) for s in found] == [
-        ("Jan_Kowalski", "01_tiny"), ("doejane", "01_tiny"), ("jsmith", "01_tiny")]
+        ("Jan_Kowalski_4242", "01_tiny"), ("doejane", "01_tiny"), ("jsmith", "01_tiny")]
     assert next(s for s in found if s.student == "doejane").path.name.endswith("-1.ipynb")
     assert any("earlier attempt" in u.reason for u in unmatched)
 
@@ -281,9 +282,12 @@ def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
         "import os, socket\n"
         "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=3); print('NETWORK')\n"
         "except OSError:\n    print('no network')\n"
-        f"print('solutions visible' if os.listdir({str(root / 'solutions')!r}) else 'solutions hidden')\n"
+        "seen = lambda path: os.path.isdir(path) and os.listdir(path)\n"
+        f"print('solutions visible' if seen({str(root / 'solutions')!r}) else 'solutions hidden')\n"
+        f"print('git history visible' if seen({str(PACKAGE.parent / '.git')!r}) else 'git history hidden')\n"
         # The course the package was installed from: its solution notebooks hold the answers.
-        f"print('package solutions visible' if os.listdir({str(PACKAGE.parent / 'solutions')!r}) else 'package solutions hidden')\n"
+        f"print('package solutions visible' if seen({str(PACKAGE.parent / 'solutions')!r}) else 'package solutions hidden')\n"
+        "import course_lib.checks, course_lib.models.toy\nprint('package importable')\n"
         f"gradebook = {str(root / 'gradebook.db')!r}\n"
         "print('gradebook readable' if os.path.exists(gradebook) and os.path.getsize(gradebook) else 'gradebook hidden')\n"
     )
@@ -297,7 +301,8 @@ def test_the_sandbox_has_no_network_and_sees_no_solutions(tmp_path):
     assert status == {0: "ok"}, (status, nb.cells[0].outputs)
     if box.kind == "bubblewrap":
         assert "no network" in text and "solutions hidden" in text and "gradebook hidden" in text, text
-        assert "package solutions hidden" in text, text
+        assert "package solutions hidden" in text and "git history hidden" in text, text
+    assert "package importable" in text, text
 
 
 def test_demo_cells_are_skipped_only_when_nothing_needs_them():

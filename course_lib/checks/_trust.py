@@ -30,6 +30,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 # Captured once; checkers use these names only.
 _is_tensor = torch.is_tensor
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _isclose = torch.isclose
 _isfinite = torch.isfinite
 _detach = torch.Tensor.detach
@@ -154,6 +155,15 @@ def describe_args(args: tuple) -> str:
     return ", ".join(parts)
 
 
+def _require_plain_tensor(actual: Any, name: str, ctx: str) -> None:
+    """A tensor subclass can redefine every operation on itself (`__torch_function__`), comparisons
+    included: only torch.Tensor and nn.Parameter are compared."""
+    if not any(type(actual) is plain for plain in _PLAIN_TENSOR_TYPES):
+        raise AssertionError(
+            f"{name} should return a plain torch.Tensor{ctx}, got a {type(actual).__name__} (a tensor subclass)."
+        )
+
+
 def assert_tensor_close(
     actual: Any, expected: "torch.Tensor", name: str, atol: float = 1e-4, rtol: float = 1e-4, where: str = ""
 ) -> None:
@@ -161,6 +171,7 @@ def assert_tensor_close(
     ctx = f" ({where})" if where else ""
     if not _is_tensor(actual):
         raise AssertionError(f"{name} should return a torch.Tensor{ctx}, got {type(actual).__name__}.")
+    _require_plain_tensor(actual, name, ctx)
     if tuple(actual.shape) != tuple(expected.shape):
         raise AssertionError(
             f"{name} returned shape {tuple(actual.shape)}, expected {tuple(expected.shape)}{ctx}."
@@ -183,6 +194,7 @@ def assert_float_close(actual: Any, expected: float, name: str, atol: float = 1e
     """Check a scalar result (a Python number or a one-element tensor); returns it as a float."""
     ctx = f" ({where})" if where else ""
     if _is_tensor(actual):
+        _require_plain_tensor(actual, name, ctx)
         if actual.numel() != 1:
             raise AssertionError(f"{name} should return one number{ctx}, got a tensor of shape {tuple(actual.shape)}.")
         actual = float(actual.item())

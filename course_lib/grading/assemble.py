@@ -88,9 +88,22 @@ def read_submission(data: bytes) -> NotebookNode:
             nb = nbformat.reads(json.dumps(raw), as_version=4)
     except Exception as err:  # nbformat raises many kinds on malformed cells
         raise UnreadableNotebook(f"the notebook is malformed ({type(err).__name__}: {str(err)[:200]})") from None
+    if not isinstance(nb.get("metadata"), dict):
+        nb.metadata = nbformat.NotebookNode()
     for cell in nb.cells:
-        if not isinstance(cell.get("source", ""), str) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
             raise UnreadableNotebook("the notebook has a malformed cell")
+        source = cell.get("source", "")
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
+            source = "".join(source)
+        if not isinstance(source, str):
+            raise UnreadableNotebook("the notebook has a cell whose source is not text")
+        cell["source"] = source
+        if not isinstance(cell.get("metadata"), dict):
+            cell["metadata"] = nbformat.NotebookNode()
+        nbgrader = cell["metadata"].get("nbgrader")
+        if nbgrader is not None and not isinstance(nbgrader, dict):
+            del cell["metadata"]["nbgrader"]
     return nb
 
 
@@ -104,11 +117,14 @@ def assemble(source: NotebookNode, release: NotebookNode, student: NotebookNode)
     answers = {grade_id(c) for c in src_cells if grade_id(c) and is_answer(c)}
     stubs = {grade_id(c): c for c in release.cells if grade_id(c) in answers}
     released = {grade_id(c): c for c in release.cells if grade_id(c) in locked}
+    by_id = {grade_id(c): c for c in src_cells if grade_id(c)}
     tests = {gid for gid, c in locked.items() if is_test(c)}
     out = Assembled(nbformat.v4.new_notebook())
     out.notebook.metadata = copy.deepcopy(source.metadata)  # the course's kernelspec, not the student's
 
-    if student.metadata.get("kernelspec", {}).get("name") not in (None, source.metadata.get("kernelspec", {}).get("name")):
+    spec = student.metadata.get("kernelspec")
+    spec_name = spec.get("name") if isinstance(spec, dict) else spec
+    if spec_name not in (None, source.metadata.get("kernelspec", {}).get("name")):
         out.notes.append("kernelspec changed: graded with the course's kernel")
 
     # The last copy of each answer that differs from its stub (or the last copy at all).
@@ -144,7 +160,7 @@ def assemble(source: NotebookNode, release: NotebookNode, student: NotebookNode)
             placed.add(gid)
         elif gid in answers:
             if chosen_answer.get(gid) is cell:
-                cells.append(_clean_answer(cell, stubs.get(gid)))
+                cells.append(_clean_answer(cell, stubs.get(gid), by_id[gid]))
                 placed.add(gid)
         else:
             if gid is not None:  # an id the course does not have: the student's own cell now
@@ -162,14 +178,14 @@ def assemble(source: NotebookNode, release: NotebookNode, student: NotebookNode)
             out.answers_missing.append(gid)
             out.notes.append(f"answer cell {gid} was deleted: the release's stub is graded")
             # Never the source's cell: that holds the solution.
-            restored = copy.deepcopy(stubs[gid]) if gid in stubs else nbformat.v4.new_code_cell(STUB)
+            restored = copy.deepcopy(stubs[gid]) if gid in stubs else _clean_answer(nbformat.v4.new_code_cell(STUB), None, original)
         else:
             restored = copy.deepcopy(original)
             if gid in tests:
                 out.tampered_tests.append(gid)
                 out.notes.append(f"test cell {gid} was deleted: put back")
         anchor = next((grade_id(c) for c in reversed(src_cells[:i]) if grade_id(c) in placed), None)
-        at = 0 if anchor is None else next(k for k, c in enumerate(cells) if grade_id(c) == anchor) + 1
+        at = 0 if anchor is None else next((k + 1 for k, c in enumerate(cells) if grade_id(c) == anchor), len(cells))
         cells.insert(at, restored)
         placed.add(gid)
 
@@ -182,12 +198,39 @@ def assemble(source: NotebookNode, release: NotebookNode, student: NotebookNode)
             out.notes.append(f"{len(code_before)} code cell(s) above the import cell: the import cell runs first")
         cells.insert(0, cells.pop(k))
     out.notebook.cells = cells
+    _alias_checker_entry(out.notebook, tests)
     return out
 
 
-def _clean_answer(cell, stub) -> NotebookNode:
-    """An answer cell as the course defines it, holding the student's code."""
-    fresh = copy.deepcopy(stub) if stub is not None else nbformat.v4.new_code_cell()
+CHECKER_ENTRY = "load_checks"
+
+
+def _alias_checker_entry(nb: NotebookNode, tests: set[str]) -> None:
+    """Test cells call the checkers through `load_checks`, a global a student cell could rebind.
+    In the graded run they call it by a name made up for this run, bound in the import cell
+    (which runs before any student code), so no answer can replace the checkers."""
+    import re
+    import secrets
+
+    first_code = next((c for c in nb.cells if c.cell_type == "code"), None)
+    if first_code is None or CHECKER_ENTRY not in first_code.source:
+        return
+    alias = f"_grader_checks_{secrets.token_hex(6)}"
+    pattern = re.compile(rf"\b{CHECKER_ENTRY}\b")
+    first_code.source += f"\n{alias} = {CHECKER_ENTRY}  # added by the grader"
+    for cell in nb.cells:
+        if grade_id(cell) in tests:
+            cell.source = pattern.sub(alias, cell.source)
+
+
+def _clean_answer(cell, stub, original) -> NotebookNode:
+    """An answer cell as the course defines it (the release's, else the source's metadata, never
+    its solution), holding the student's code."""
+    if stub is not None:
+        fresh = copy.deepcopy(stub)
+    else:
+        fresh = nbformat.v4.new_code_cell()
+        fresh.metadata["nbgrader"] = copy.deepcopy(_meta(original))
     fresh.source = cell.source
     fresh.outputs, fresh.execution_count = [], None
     return fresh

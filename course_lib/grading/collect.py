@@ -29,7 +29,8 @@ _IGNORED_PARTS = {"__MACOSX", ".ipynb_checkpoints"}
 # LMS file names: (name, regex with a `student` group and a `rest` group holding the file name).
 LMS_PATTERNS = [
     ("canvas", re.compile(r"^(?P<student>[^_/]+)_(?:LATE_|late_)?\d+_\d+_(?P<rest>.+)$")),
-    ("moodle", re.compile(r"^(?P<student>[^_/]+?)_\d+_assignsubmission_(?:file|onlinetext)_(?P<rest>.*)$")),
+    # Moodle: "Full Name_<participant id>_…": the id keeps two students of one name apart.
+    ("moodle", re.compile(r"^(?P<student>[^_/]+?_\d+)_assignsubmission_(?:file|onlinetext)_(?P<rest>.*)$")),
     ("blackboard", re.compile(r"^.*?_(?P<student>[^_/]+)_attempt_(?P<stamp>[\d-]+)_?(?P<rest>.*)$")),
 ]
 # Canvas appends -1, -2, ... to a file submitted again: the highest is the last attempt.
@@ -119,9 +120,8 @@ def _from_lms_name(file_name: str) -> tuple[str, str, str, tuple] | None:
             rest = match.group("rest")
             stem = Path(rest).stem
             attempt = _CANVAS_ATTEMPT.search(stem) if lms == "canvas" else None
-            order = (int(attempt.group(1)),) if attempt else (0,)
-            if lms == "blackboard":
-                order = (match.group("stamp"),)
+            # (attempt number, time stamp text): comparable across every layout (see collect).
+            order = (int(attempt.group(1)) if attempt else 0, match.group("stamp") if lms == "blackboard" else "")
             return lms, match.group("student"), rest, order
     return None
 
@@ -171,7 +171,7 @@ def collect(
     unmatched: list[Unmatched] = []
     for file in _notebook_files(path):
         parts = file.relative_to(path).parts
-        student, how, order = None, "", (file.stat().st_mtime,)
+        student, how, order = None, "", (0, "")
         if len(parts) == 3 and parts[1] == assignment:
             student, how = parts[0], "nbgrader layout"
         else:
@@ -197,7 +197,8 @@ def collect(
         if notebook is None:
             unmatched.append(Unmatched(file, student, f"not a notebook of {assignment}: {by}"))
             continue
-        found.append(Submission(student, notebook, file, f"{how}; notebook from {by}", order))
+        # Ties between attempts (no number, no stamp) go to the file written last.
+        found.append(Submission(student, notebook, file, f"{how}; notebook from {by}", (*order, file.stat().st_mtime)))
     # Several files of one student x notebook: the last attempt is graded.
     latest: dict[tuple[str, str], Submission] = {}
     for sub in found:

@@ -43,7 +43,7 @@ def names_of(source: str) -> tuple[set[str], set[str], set[str]]:
     try:
         tree = ast.parse(source)
         table = symtable.symtable(source, "<cell>", "exec")
-    except (SyntaxError, ValueError) as err:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
         raise Dynamic(f"not plain Python ({type(err).__name__})") from None
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in _DYNAMIC_NAMES:
@@ -59,8 +59,8 @@ def names_of(source: str) -> tuple[set[str], set[str], set[str]]:
     bound, read, imported = set(), set(), set()
     for symbol in table.get_symbols():
         name = symbol.get_name()
-        if symbol.is_imported():
-            imported.add(name)
+        if symbol.is_imported() and not symbol.is_assigned() and not symbol.is_namespace():
+            imported.add(name)  # only ever bound by an import here
         if symbol.is_assigned() or symbol.is_imported() or symbol.is_namespace():
             bound.add(name)
         if symbol.is_referenced():
@@ -105,7 +105,10 @@ def cells_to_skip(nb, source_nb) -> tuple[set[int], str]:
             if i not in candidates:  # a demo that is dynamic is simply kept; anything else stops skipping
                 return set(), f"cell {i} {err}: every cell runs"
             names[i] = None
-    modules = set().union(*(n[2] for n in names.values() if n is not None))
+    # A name counts as a module only if no cell binds it any other way.
+    imported = set().union(*(n[2] for n in names.values() if n is not None))
+    otherwise = set().union(*((n[0] - n[2]) for n in names.values() if n is not None))
+    modules = imported - otherwise
     needed: set[str] = set()  # names read by cells that run after the current one
     skip: set[int] = set()
     for i in sorted(names, reverse=True):

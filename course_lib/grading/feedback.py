@@ -2,8 +2,10 @@
 
 nbgrader's feedback is the whole graded notebook, so hidden tests are shown to the student
 (jupyter/nbgrader #917, #1363). This page shows, per test: its points, whether it passed, and
-what the checker said (its message, and what a visible test printed). It never shows the source
-of any test cell. Everything taken from the run is escaped: a submission cannot put markup or
+for visible tests what the checker said (its message, and what the test printed). For hidden tests
+it shows only pass or fail: anything printed there could carry the hidden test's source (a
+student's function can read its caller's code and raise it as a message). It never shows the
+source of any test cell. Everything taken from the run is escaped: a submission cannot put markup or
 script into its own feedback.
 """
 
@@ -63,9 +65,13 @@ def feedback_html(grade: NotebookGrade, executed: nbformat.NotebookNode | None, 
         mark = '<span class="pass">passed</span>' if passed else '<span class="fail">failed</span>'
         printed, error = messages.get(t.test, ("", ""))
         detail = ""
-        if not passed:
+        if not passed and t.hidden:
+            # Nothing the run printed: a student's function can raise its calling cell's source.
+            detail += ("<div>The hidden test failed. Its visible twin above checks the same function on "
+                       "other cases: make that pass first, then run <code>course check</code>.</div>")
+        elif not passed:
             detail += f"<div>{e(t.reason)}</div>"
-            if error and not t.hidden:
+            if error:
                 detail += f"<pre>{e(error)}</pre>"
         if printed and not t.hidden:
             detail += f"<pre>{e(printed)}</pre>"

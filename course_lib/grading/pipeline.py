@@ -66,17 +66,13 @@ def course_notebooks(root: Path, assignment: str) -> dict[str, CourseNotebook]:
 
 
 def _hidden_paths(root: Path, submissions: Path) -> list[Path]:
-    """What a grading kernel must not read: other students' work, solutions, grades."""
-    package = Path(__file__).resolve().parents[2]
-    hidden = []
-    # The course being graded, and the folder the package was installed from (an editable install
-    # in a course folder): a kernel that could read a solution notebook could run its code.
-    for folder in {root, package}:
-        hidden += [folder / d for d in ("solutions", "submitted", "autograded", "feedback", "grading", "exchange",
-                                        "integrity")] + [folder / "gradebook.db"]
-    if submissions.is_file() or not package.is_relative_to(submissions.resolve()):  # an LMS zip, or a folder
-        hidden.append(submissions)
-    return hidden
+    """What a grading kernel must not read: the whole course folder (solutions, its git history,
+    other submissions, grades), the submissions, this machine's temporary folder (other tasks'
+    files), and the folder the package was installed from. `sandbox` binds back, read-only, what
+    a kernel needs from inside them (the package, the Python environment, the model cache)."""
+    package_repo = Path(__file__).resolve().parents[2]
+    hidden = [root, package_repo, submissions, Path(tempfile.gettempdir())]
+    return list(dict.fromkeys(p.resolve() for p in hidden))
 
 
 def autograde(
@@ -241,7 +237,12 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
         preflight(settings, submit)
         for student, name, sub in tasks:
             nb = nbs[name]
-            done, nb_json, assembled = _prepare(student, nb, sub, skip_demos)
+            try:
+                done, nb_json, assembled = _prepare(student, nb, sub, skip_demos)
+            except Exception as err:  # whatever is wrong with one file, the batch goes on
+                done = zero_grade(student, nb.name, nb.source,
+                                  f"could not be prepared for grading: {type(err).__name__}: {str(err)[:200]}")
+                done.source_file = str(sub.path) if sub else ""
             if done is not None:
                 keep(done, None)
                 continue

@@ -34,6 +34,8 @@ from course_lib.grading.sandbox import Limits, Sandbox
 
 OUTPUT_LIMIT_BYTES = 2_000_000  # outputs kept per notebook (figures included)
 TRACEBACK_LIMIT = 40  # lines of an error's traceback kept
+LINE_LIMIT = 2000  # characters of one traceback line, error message or stderr write
+RESULT_LIMIT_BYTES = 200_000_000  # a result file larger than this is not read
 INTERRUPT_GRACE_S = 5  # how long an interrupted cell may take to stop before the kernel is killed
 
 
@@ -83,6 +85,7 @@ def _bounded_client_class():
         """A NotebookClient that stops keeping outputs past a byte budget (errors always kept)."""
 
         output_budget = OUTPUT_LIMIT_BYTES
+        stderr_budget = 200_000  # characters of stderr kept per notebook (one line per cell is enough)
         truncated_cells: set = set()
         timed_out_cells: set = set()
         current_cell = -1
@@ -97,8 +100,17 @@ def _bounded_client_class():
             if out is None or not outs or outs[-1] is not out:
                 return out
             if out.output_type == "error":
-                out.traceback = out.traceback[-TRACEBACK_LIMIT:]
-                out.evalue = str(out.evalue)[:2000]
+                out.traceback = [str(line)[:LINE_LIMIT] for line in out.traceback[-TRACEBACK_LIMIT:]]
+                out.evalue = str(out.evalue)[:LINE_LIMIT]
+                out.ename = str(out.ename)[:200]
+                return out
+            if out.output_type == "stream" and out.name == "stderr":
+                # stderr decides a grade (nbgrader scores it as failed): always kept, trimmed.
+                if self.stderr_budget <= 0:
+                    outs.pop()
+                    return None
+                out.text = str(out.text)[:LINE_LIMIT]
+                self.stderr_budget -= len(out.text)
                 return out
             size = len(json.dumps(out))
             if size > self.output_budget:
@@ -200,7 +212,21 @@ def execute(
             status.setdefault(i, f"not run: {reason}")
     for i in client.truncated_cells:
         status[i] = status.get(i, "ok") + "; output truncated"
+    _kill_leftovers(work)
     return nb, status
+
+
+def _kill_leftovers(work: Path) -> None:
+    """Kill what the kernel started and left running (outside bubblewrap nothing else does): every
+    process whose home is this run's scratch folder."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get("HOME") == str(work):
+                proc.kill()
+        except (psutil.Error, OSError):
+            continue
 
 
 def _responds(client) -> bool:
@@ -261,6 +287,8 @@ def _run_once(nb_json: str, settings: dict, wall_timeout_s: float) -> RunResult:
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             failure = f"timed out: the whole notebook ran longer than {wall_timeout_s:g} s"
+        if result.exists() and result.stat().st_size > RESULT_LIMIT_BYTES:
+            return RunResult("", {}, time.monotonic() - started, "the run's output was too large to keep")
         if result.exists():
             data = json.loads(result.read_text())
             if not data.get("finished") and not failure:

@@ -56,16 +56,16 @@ class Sandbox:
 
     def _bwrap_args(self, work: Path) -> list[str]:
         args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-        # What the kernel needs that may live under /tmp (a course cloned there, its venv, the
-        # model cache) comes back read-only; then what it must not read is covered again.
-        for folder in self.visible:
-            if Path(folder).is_relative_to("/tmp") and Path(folder).exists():
-                args += ["--ro-bind", folder, folder]
+        # First cover what the kernel must not read, then bind back, read-only, what it needs
+        # from inside those (the package, the Python environment, the model cache).
         for folder in self.hidden:
-            if Path(folder).is_dir():
+            if Path(folder).is_dir() and Path(folder) != Path("/"):
                 args += ["--tmpfs", folder]
             elif Path(folder).is_file():
                 args += ["--ro-bind", "/dev/null", folder]
+        for folder in self.visible:
+            if Path(folder).exists():
+                args += ["--ro-bind", folder, folder]
         args += ["--bind", str(work), str(work), "--chdir", str(work),
                  "--unshare-all", "--uid", str(NOBODY), "--gid", str(NOBODY),
                  "--die-with-parent", "--new-session",
@@ -95,7 +95,7 @@ def _needed_paths() -> tuple[str, ...]:
     """Folders a grading kernel reads: the course package, the Python environment, the model cache."""
     from course_lib.models.pretrained import cache_dir
 
-    package = Path(__file__).resolve().parents[2]
+    package = Path(__file__).resolve().parents[1]  # course_lib itself, not the folder around it
     paths = {package, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), cache_dir().resolve()}
     return tuple(sorted(str(p) for p in paths))
 

@@ -1,7 +1,9 @@
 """Points and reasons: one outcome per test cell of a graded run.
 
-A test cell that ran scores by nbgrader's own rule (`nbgrader.utils.determine_grade`: an error or
-anything on stderr scores zero), so grades equal what nbgrader would give for the same run. What
+A test cell that ran scores by nbgrader's rule (`nbgrader.utils.determine_grade`): an error or
+anything on stderr scores zero, anything else full points. nbgrader also reads partial credit from
+a number the cell displays; no test of this course displays one, and a student function could
+(`sys.displayhook(1.0)` inside a failing test would score it), so that part is left out. What
 nbgrader does not see is scored zero with the reason, never as passed: a cell that timed out,
 one in which the kernel died, one never reached (jupyter/nbgrader #427 counted a dead kernel as
 passed), a notebook that could not be read or run.
@@ -100,17 +102,16 @@ def score_run(
     status: dict[str, str], tampered: list[str] = (), missing_answers: list[str] = (),
 ) -> NotebookGrade:
     """Score every test cell of `source` from the executed notebook and the cells' statuses."""
-    from nbgrader.utils import determine_grade
-
     where = {grade_id(c): (i, c) for i, c in enumerate(executed.cells) if grade_id(c)}
     grade = NotebookGrade(student, notebook)
     for gid, max_points, hidden in test_cells(source):
         index, cell = where.get(gid, (None, None))
         state = status.get(str(index), "not run") if index is not None else "not in the graded run"
         if state.startswith("ok"):
-            points, _ = determine_grade(cell)
-            points = float(points or 0.0)
-            reason = "" if points >= max_points else failure_reason(cell)
+            failed = any(o.get("output_type") == "error" or (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                         for o in cell.get("outputs", []))
+            points = 0.0 if failed else max_points
+            reason = failure_reason(cell) if failed else ""
         elif state == "timed out":
             points, reason = 0.0, "timed out"
         elif state == "kernel died":
