@@ -37,7 +37,6 @@ def make_course(where: Path, students: int) -> Path:
     shutil.copy(ROOT / "nbgrader_config.py", where / "nbgrader_config.py")
     release(where)
     for path in sorted((where / "solutions" / ASSIGNMENT).glob("*.ipynb")):
-        solution = nbformat.read(path, 4)
         released = nbformat.read(where / "notebooks" / ASSIGNMENT / path.name, 4)
         stubs = {c.metadata.nbgrader.grade_id: c.source for c in released.cells
                  if c.metadata.get("nbgrader", {}).get("solution")}
@@ -83,7 +82,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--students", type=int, default=2)
     args = parser.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         course = make_course(Path(tmp) / "course", args.students)
         runs = {}

@@ -141,14 +141,21 @@ def cmd_autograde(args) -> int:
     return 0
 
 
-def cmd_feedback(args) -> int:
-    from course_lib.grading.feedback import write_feedback
+def _kept_grades(root: Path, assignment: str) -> list:
+    """The results `course autograde` kept, or a clear error when there are none yet."""
     from course_lib.grading.gradebook import load_grades
 
-    root = _root(args)
-    grades = load_grades(root, args.assignment)
+    grades = load_grades(root, assignment)
     if not grades:
-        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+        raise FileNotFoundError(f"No grades of {assignment} yet: run `course autograde` first.")
+    return grades
+
+
+def cmd_feedback(args) -> int:
+    from course_lib.grading.feedback import write_feedback
+
+    root = _root(args)
+    grades = _kept_grades(root, args.assignment)
     for grade in grades:
         write_feedback(root, args.assignment, grade)
     print(f"wrote {len(grades)} feedback pages under {root / 'feedback'}")
@@ -158,13 +165,10 @@ def cmd_feedback(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from course_lib.grading.gradebook import load_grades
     from course_lib.grading.report import write_report
 
     root = _root(args)
-    grades = load_grades(root, args.assignment)
-    if not grades:
-        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+    grades = _kept_grades(root, args.assignment)
     previous = root / "grading" / args.assignment / "report.json"
     run_info = json.loads(previous.read_text()).get("run") if previous.exists() else None
     path = write_report(root, args.assignment, grades, run_info)
@@ -173,12 +177,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from course_lib.grading.gradebook import load_grades, write_csv
+    from course_lib.grading.gradebook import write_csv
 
     root = _root(args)
-    grades = load_grades(root, args.assignment)
-    if not grades:
-        raise FileNotFoundError(f"No grades of {args.assignment} yet: run `course autograde` first.")
+    grades = _kept_grades(root, args.assignment)
     print(f"wrote {write_csv(grades, root / args.output)}")
     return 0
 

@@ -217,6 +217,3 @@ def rows_by_student(csv_path: Path) -> dict[str, dict[str, list[dict]]]:
             out.setdefault(row["student"], {}).setdefault(row["notebook"], []).append(row)
     return out
 
-
-def json_dump(obj) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True)

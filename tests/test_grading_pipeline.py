@@ -203,7 +203,6 @@ def test_grading_on_a_dask_scheduler_with_two_workers(tmp_path):
     import socket
     import subprocess
     import sys
-    import time
 
     root = make_tiny_course(tmp_path / "course")
     subs = tiny_class(root)
