@@ -128,6 +128,7 @@ def cmd_autograde(args) -> int:
         cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.timeout, sandbox=args.sandbox,
         notebooks=args.notebook, students=args.student, memory_gb=args.memory_gb,
         output=root / args.output, progress=not args.quiet, skip_demos=not args.run_demos,
+        warm_kernels=not args.cold_kernels,
     )
     for u in run.unmatched:
         print(f"not graded: {u.path}: {u.reason}")
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--run-demos", action="store_true",
                    help="run every demonstration cell too (default: skip those no graded cell depends on)")
+    p.add_argument("--cold-kernels", action="store_true",
+                   help="start every kernel as a fresh process (default with bubblewrap: fork it from a preloaded one)")
     p.set_defaults(fn=cmd_autograde)
     p = sub.add_parser("feedback", help="write each student's HTML feedback (no hidden tests) again")
     p.add_argument("--assignment", default="mech_interp")

@@ -67,6 +67,9 @@ def test_every_submission_gets_its_points_and_a_reason(graded):
         # 02_second was never handed in: zero, said so.
         assert {r["reason"] for r in rows[student]["02_second"]} == {"not submitted"}
     assert {r["reason"] for r in rows["other_assignment"]["01_tiny"]} == {"not submitted"}
+    # With bubblewrap every kernel was forked from a preloaded one (the default), however it ended.
+    ran = {g.kernel for g in run.grades if g.kernel}
+    assert ran == ({"warm"} if run.sandbox == "bubblewrap" else {"cold"}), ran
     assert any("00_setup.ipynb" in str(u.path) and "not a notebook of tiny" in u.reason for u in run.unmatched)
 
 
@@ -336,10 +339,11 @@ def test_demo_cells_are_skipped_only_when_nothing_needs_them():
 
 @pytest.mark.slow
 @needs_isolation
-def test_skipping_demonstrations_gives_the_grades_of_a_full_run(tmp_path):
-    """The same submissions of two real notebooks graded with every cell run and with the demos
-    skipped: identical points and reasons (the proof that skipping is safe on these notebooks;
-    benchmarks/grading.py does the same for all six)."""
+def test_warm_kernels_and_skipped_demos_give_the_grades_of_a_plain_run(tmp_path):
+    """The same submissions of two real notebooks graded as a plain top-to-bottom run (every cell,
+    each kernel a fresh process) and as `course autograde` grades by default (kernels forked from
+    a preloaded process, demos skipped): identical points and reasons. benchmarks/grading.py does
+    the same for all six notebooks."""
     import csv
 
     from course_lib.grading import release as release_course
@@ -361,11 +365,12 @@ def test_skipping_demonstrations_gives_the_grades_of_a_full_run(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, path)
     rows = {}
-    for skip in (False, True):
-        autograde(root, root / "submitted", "mech_interp", jobs=2, notebooks=names, progress=False,
-                  skip_demos=skip)
+    for fast in (False, True):
+        run = autograde(root, root / "submitted", "mech_interp", jobs=2, notebooks=names, progress=False,
+                        skip_demos=fast, warm_kernels=fast)
+        assert {g.kernel for g in run.grades if g.kernel} == ({"warm"} if fast and run.sandbox == "bubblewrap" else {"cold"})
         with (root / "grades.csv").open() as f:
-            rows[skip] = [(r["student"], r["notebook"], r["test"], r["points"], r["reason"]) for r in csv.DictReader(f)]
+            rows[fast] = [(r["student"], r["notebook"], r["test"], r["points"], r["reason"]) for r in csv.DictReader(f)]
     assert rows[True] == rows[False]
     points = {}
     for student, notebook, _, p, _ in rows[True]:

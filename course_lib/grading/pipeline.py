@@ -26,7 +26,7 @@ from course_lib.grading.assemble import UnreadableNotebook, assemble, read_submi
 from course_lib.grading.collect import Submission, Unmatched, collect, identifying_ids
 from course_lib.grading.demos import mark_skips
 from course_lib.grading.gradebook import load_grades, save_grade, write_csv, write_gradebook, write_totals_csv
-from course_lib.grading.run import RunSettings, run_task
+from course_lib.grading.run import RunSettings, never_started, run_task
 from course_lib.grading.sandbox import choose_sandbox
 from course_lib.grading.score import NotebookGrade, score_run, zero_grade
 
@@ -91,6 +91,7 @@ def autograde(
     output: Path | None = None,
     progress: bool = True,
     skip_demos: bool = True,
+    warm_kernels: bool = True,
 ) -> GradingRun:
     """Grade every submission under `submissions`; write the gradebook, grades.csv, feedback, report."""
     from course_lib.grading.feedback import write_feedback
@@ -132,6 +133,7 @@ def autograde(
         settings = RunSettings(
             cell_timeout_s=cell_timeout_s, sandbox_kind=box.kind, sandbox_hidden=box.hidden,
             sandbox_visible=box.visible, memory_bytes=int(memory_gb * 2**30),
+            warm=warm_kernels and box.kind == "bubblewrap",
             env={"COURSE_CACHE_DIR": str(cache_dir().resolve()),
                  # Each kernel gets its share of this machine's cores (on a cluster: workers run
                  # one task per thread, so one core each).
@@ -158,7 +160,8 @@ def autograde(
     write_totals_csv(kept, list(nbs), out.with_name("totals.csv"))
     info = {"graded": len(grades), "wall_s": run.wall_s, "jobs": jobs, "scheduler": scheduler or "this machine",
             "demonstrations": "skipped where no graded cell depends on them" if skip_demos else "run",
-            "sandbox": box.kind, "unmatched": [{"path": str(u.path), "reason": u.reason} for u in run.unmatched]}
+            "sandbox": box.kind, "kernels": "warm (forked from a preloaded zygote)" if settings.warm else "cold",
+            "unmatched": [{"path": str(u.path), "reason": u.reason} for u in run.unmatched]}
     write_report(root, assignment, kept, info)
     return run
 
@@ -203,6 +206,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
     """Run every task (local threads, or Dask workers with `scheduler`); score and keep each result as it arrives."""
     from tqdm.auto import tqdm
 
+    from course_lib.grading import warm
     from course_lib.integrity import scan_cells
 
     grades: list[NotebookGrade] = []
@@ -224,7 +228,10 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
 
         client = Client(scheduler, timeout=60)
         submit = lambda *args: client.submit(run_task, *args, pure=False)  # noqa: E731
-        close = client.close
+
+        def close() -> None:
+            client.run(warm.stop_all)  # the workers' zygotes hold memory until the next run
+            client.close()
     else:
         # On one machine each task only waits on its own grading process: threads are enough, and
         # they start instantly (a local Dask cluster adds seconds and opens sockets for nothing).
@@ -232,7 +239,10 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
 
         pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="grading")
         submit = lambda *args: pool.submit(run_task, *args)  # noqa: E731
-        close = pool.shutdown
+
+        def close() -> None:
+            pool.shutdown()
+            warm.stop_all()
     try:
         preflight(settings, submit)
         for student, name, sub in tasks:
@@ -268,8 +278,7 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
 
 
 def _score(student, nb, sub, assembled, result) -> NotebookGrade:
-    never_started = result.status and all(v.startswith("not run: the grading kernel failed") for v in result.status.values())
-    if never_started:  # the machine's fault, not the student's: said so, and the report lists it
+    if never_started(result):  # the machine's fault, not the student's: said so, and the report lists it
         why = next(iter(result.status.values())).removeprefix("not run: ")
         grade = zero_grade(student, nb.name, nb.source, f"grading error, not the student's: {why}; grade this notebook again")
     elif not result.notebook:
@@ -285,6 +294,7 @@ def _score(student, nb, sub, assembled, result) -> NotebookGrade:
                     t.reason = result.failure
     grade.notes = assembled.notes
     grade.seconds = result.seconds
+    grade.kernel = result.kernel if result.notebook else ""
     grade.source_file = str(sub.path)
     return grade
 

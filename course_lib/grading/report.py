@@ -85,7 +85,7 @@ def write_report(root: Path, assignment: str, grades: list[NotebookGrade], run_i
     if run_info:
         timing = (f"<p>Last run: {run_info.get('graded', 0)} notebooks in {run_info.get('wall_s', 0):.0f} s of wall "
                   f"time with {run_info.get('jobs', '?')} job(s) on {e(str(run_info.get('scheduler', 'this machine')))}; "
-                  f"sandbox: {e(str(run_info.get('sandbox', '?')))}.</p>")
+                  f"sandbox: {e(str(run_info.get('sandbox', '?')))}; kernels: {e(str(run_info.get('kernels', 'cold')))}.</p>")
     unmatched = run_info.get("unmatched") or []
     unmatched_html = ""
     if unmatched:

@@ -47,14 +47,18 @@ class Sandbox:
 
     def kernel_argv(self, work: Path, limits: Limits, python: str = sys.executable) -> list[str]:
         """The command that starts an IPython kernel confined to `work` (before `-f CONNECTION_FILE`)."""
-        kernel = [python, "-m", "ipykernel_launcher"]
+        return self.command_argv([python, "-m", "ipykernel_launcher"], work, limits, python=python)
+
+    def command_argv(self, command: list[str], writable: Path, limits: Limits, readonly: tuple[Path, ...] = (),
+                     python: str = sys.executable) -> list[str]:
+        """`command` confined: it may write only in `writable`, and also reads `readonly`."""
         limit_then = [python, "-I", "-S", "-c", _APPLY_LIMITS, str(limits.memory_bytes),
                       str(limits.cpu_seconds), str(limits.file_bytes), "0" if self.kind != "nobody" else str(NOBODY)]
         if self.kind == "bubblewrap":
-            return limit_then + [shutil.which("bwrap") or "bwrap", *self._bwrap_args(work), "--", *kernel]
-        return limit_then + kernel
+            return limit_then + [shutil.which("bwrap") or "bwrap", *self._bwrap_args(writable, readonly), "--", *command]
+        return limit_then + command
 
-    def _bwrap_args(self, work: Path) -> list[str]:
+    def _bwrap_args(self, work: Path, readonly: tuple[Path, ...] = ()) -> list[str]:
         args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
         # First cover what the kernel must not read, then bind back, read-only, what it needs
         # from inside those (the package, the Python environment, the model cache).
@@ -63,7 +67,7 @@ class Sandbox:
                 args += ["--tmpfs", folder]
             elif Path(folder).is_file():
                 args += ["--ro-bind", "/dev/null", folder]
-        for folder in self.visible:
+        for folder in (*self.visible, *map(str, readonly)):
             if Path(folder).exists():
                 args += ["--ro-bind", folder, folder]
         args += ["--bind", str(work), str(work), "--chdir", str(work),

@@ -41,6 +41,7 @@ class NotebookGrade:
     problem: str = ""  # why the notebook as a whole could not be graded normally
     seconds: float = 0.0
     sandbox: str = ""
+    kernel: str = ""  # "warm" (forked from a preloaded process) or "cold" (a fresh one); "" if nothing ran
     source_file: str = ""
 
     @property
