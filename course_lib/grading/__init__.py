@@ -5,6 +5,7 @@
     assemble    the notebook to grade: the student's answers in the instructor's cells
     demos       which demonstration cells a graded run can skip without changing a grade
     sandbox     where student code runs (bubblewrap, `nobody`, resource limits)
+    warm        kernels forked from one preloaded process per grading thread
     run         run one notebook in a sandboxed kernel, cell by cell, with limits
     score       points and a reason for every test cell
     gradebook   nbgrader's gradebook, results, grades.csv

@@ -130,11 +130,16 @@ class WarmKernels:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready.wait(0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = self.last_log_line()
                 self.stop()
-                raise RuntimeError(f"the warm-kernel zygote did not start: {self.last_log_line()}")
+                raise RuntimeError(f"the warm-kernel zygote did not start: {why}")
 
     def last_log_line(self) -> str:
-        lines = (self.root / "zygote.log").read_text(errors="replace").strip().splitlines()
+        """The zygote's last line on stderr (why it stopped), for warnings."""
+        try:
+            lines = (self.root / "zygote.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
         return lines[-1][:300] if lines else "no output"
 
     def alive(self) -> bool:
