@@ -230,7 +230,10 @@ def _grade_all(tasks, nbs, settings, notebook_timeout_s, jobs, scheduler, progre
         submit = lambda *args: client.submit(run_task, *args, pure=False)  # noqa: E731
 
         def close() -> None:
-            client.run(warm.stop_all)  # the workers' zygotes hold memory until the next run
+            try:  # the workers' zygotes would hold memory until the next run
+                client.run(warm.stop_all)
+            except Exception as err:  # a worker gone: its zygotes went with it
+                print(f"warning: could not stop every worker's preloaded kernel: {err}", file=sys.stderr)
             client.close()
     else:
         # On one machine each task only waits on its own grading process: threads are enough, and

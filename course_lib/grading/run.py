@@ -208,7 +208,7 @@ def execute(
                     cell_started = time.monotonic()
                     try:
                         client.execute_cell(nb.cells[i], i)
-                    finally:  # where a notebook's time goes (the benchmark reads it)
+                    finally:  # kept with the executed notebook: where a notebook's time goes
                         nb.cells[i].metadata[SECONDS_KEY] = round(time.monotonic() - cell_started, 2)
                     status[i] = "ok"
                     if i in client.timed_out_cells:
