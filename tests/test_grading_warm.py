@@ -45,7 +45,7 @@ from pathlib import Path
 others = sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, 2, os.getpid()))
 print(repr({
     'processes': [Path(f'/proc/{p}/cmdline').read_bytes().replace(b'\\0', b' ').decode()[:80] for p in others],
-    'tmp': sorted(p for p in os.listdir('/tmp') if not p.startswith('cg-warm-')),
+    'tmp': sorted(p for p in os.listdir('/tmp') if not p.startswith('cg-warm-') and not os.path.ismount('/tmp/' + p)),
     'shm': sorted(os.listdir('/dev/shm')),
     'siblings': sorted(p for p in os.listdir('..') if p != os.path.basename(os.getcwd())),
     'home_is_cwd': os.environ['HOME'] == os.getcwd(),
@@ -60,6 +60,12 @@ subprocess.Popen(['sh', '-c', '(sleep 600 &) ; sleep 600'])
 open('/tmp/left_by_a', 'w').write('x')
 open('/dev/shm/left_by_a', 'w').write('x')
 open('../left_by_a', 'w').write('x')
+for elsewhere in ('/dev/left_by_a', os.environ['COURSE_CACHE_DIR'] + '/left_by_a', 'HIDDEN_REPO/left_by_a'):
+    try:
+        open(elsewhere, 'w').write('x')
+        print('wrote', elsewhere)
+    except OSError:
+        pass
 """
 
 READ_THE_ZYGOTE = """
@@ -72,10 +78,13 @@ except OSError as err:
 
 
 def test_a_warm_kernel_finds_nothing_an_earlier_student_left(settings):
-    first, texts_a, errors_a = _run(settings, LOOK_AROUND, LEAVE_THINGS_BEHIND, READ_THE_ZYGOTE)
+    # (the course folder is hidden: covered by an empty, read-only folder)
+    leave = LEAVE_THINGS_BEHIND.replace("HIDDEN_REPO", str(REPO))
+    first, texts_a, errors_a = _run(settings, LOOK_AROUND, leave, READ_THE_ZYGOTE)
     second, texts_b, errors_b = _run(settings, LOOK_AROUND)
     assert first.kernel == second.kernel == "warm", (first.failure, second.failure)
     assert errors_a == [[], [], []] and errors_b == [[]]
+    assert texts_a[1] == "", "only /tmp, /dev/shm and its own folder are writable: " + texts_a[1]
     a, b = eval(texts_a[0]), eval(texts_b[0])
     assert texts_a[2].strip() == "refused: PermissionError", "a kernel must not read the zygote's memory"
     # Nothing of the first student's kernel is left: no process, no file in /tmp, /dev/shm or next to the task folder.

@@ -59,18 +59,27 @@ class Sandbox:
         return limit_then + command
 
     def _bwrap_args(self, work: Path, readonly: tuple[Path, ...] = ()) -> list[str]:
-        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        args = ["--ro-bind", "/", "/", "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc", "--tmpfs", "/tmp"]
         # First cover what the kernel must not read, then bind back, read-only, what it needs
         # from inside those (the package, the Python environment, the model cache).
-        for folder in self.hidden:
-            if Path(folder).is_dir() and Path(folder) != Path("/"):
-                args += ["--tmpfs", folder]
-            elif Path(folder).is_file():
-                args += ["--ro-bind", "/dev/null", folder]
+        folders = [f for f in self.hidden if Path(f).is_dir() and Path(f) != Path("/")]
+        # A hidden folder inside another one is covered with it (a second cover would hide the first).
+        covered = [f for f in folders if not any(Path(other) in Path(f).parents for other in folders)]
+        for folder in covered:
+            args += ["--tmpfs", folder]
+        for file in self.hidden:
+            if Path(file).is_file() and not any(Path(other) in Path(file).parents for other in covered):
+                args += ["--ro-bind", "/dev/null", file]
         for folder in (*self.visible, *map(str, readonly)):
             if Path(folder).exists():
                 args += ["--ro-bind", folder, folder]
-        args += ["--bind", str(work), str(work), "--chdir", str(work),
+        args += ["--bind", str(work), str(work)]
+        # What stays writable is the scratch folder, /tmp and /dev/shm: nothing else can keep a
+        # file for a later kernel (warm kernels share one sandbox, which empties exactly those).
+        for folder in [*covered, "/dev"]:
+            if Path(folder) != Path("/tmp"):
+                args += ["--remount-ro", folder]
+        args += ["--chdir", str(work),
                  "--unshare-all", "--uid", str(NOBODY), "--gid", str(NOBODY),
                  "--die-with-parent", "--new-session",
                  # In its own process namespace the kernel's parent is pid 1, which ipykernel reads

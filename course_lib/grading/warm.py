@@ -20,7 +20,8 @@ What a child gets that a fresh process would not have, and how it is made equal 
 
 Isolation between the students one zygote serves (one at a time): before each child the zygote
 kills every other process in its sandbox (its own process namespace, so `kill(-1)` reaches
-exactly those), and empties /tmp, /dev/shm and every other task's folder. The zygote cannot be
+exactly those), and empties /tmp, /dev/shm and every other task's folder: the only places in the
+sandbox a kernel can write (`Sandbox` makes everything else read-only, /dev included). The zygote cannot be
 debugged or read by its children (it is not dumpable); a child that kills it only ends its own
 run, and the next task starts a new zygote. Without bubblewrap there is no process namespace to
 clean, so kernels start cold (`sandbox` kind "nobody" or "none").
@@ -375,7 +376,8 @@ def _clean_sandbox(tasks: Path, home: Path, keep: Path) -> None:
     mine = (tasks, home)
     for folder in (Path("/tmp"), Path("/dev/shm")):
         for entry in _entries(folder):
-            if any(entry == p or entry in p.parents for p in mine):
+            # Mount points are the sandbox's own (hidden folders, read-only binds): never emptied.
+            if any(entry == p or entry in p.parents for p in mine) or os.path.ismount(entry):
                 continue
             _remove(entry)
     for entry in _entries(tasks):
