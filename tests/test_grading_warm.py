@@ -50,6 +50,7 @@ print(repr({
     'siblings': sorted(p for p in os.listdir('..') if p != os.path.basename(os.getcwd())),
     'home_is_cwd': os.environ['HOME'] == os.getcwd(),
     'draws': (torch.rand(3).tolist(), random.random()),
+    'left': [p for p in LEFT_BY_A if os.path.exists(p)],
 }))
 """
 
@@ -60,7 +61,7 @@ subprocess.Popen(['sh', '-c', '(sleep 600 &) ; sleep 600'])
 open('/tmp/left_by_a', 'w').write('x')
 open('/dev/shm/left_by_a', 'w').write('x')
 open('../left_by_a', 'w').write('x')
-for elsewhere in ('/dev/left_by_a', os.environ['COURSE_CACHE_DIR'] + '/left_by_a', 'HIDDEN_REPO/left_by_a'):
+for elsewhere in LEFT_BY_A[3:]:
     try:
         open(elsewhere, 'w').write('x')
         print('wrote', elsewhere)
@@ -78,17 +79,22 @@ except OSError as err:
 
 
 def test_a_warm_kernel_finds_nothing_an_earlier_student_left(settings):
-    # (the course folder is hidden: covered by an empty, read-only folder)
-    leave = LEAVE_THINGS_BEHIND.replace("HIDDEN_REPO", str(REPO))
-    first, texts_a, errors_a = _run(settings, LOOK_AROUND, leave, READ_THE_ZYGOTE)
-    second, texts_b, errors_b = _run(settings, LOOK_AROUND)
+    # Where a kernel might leave a file: its /tmp, /dev/shm and task folders, then /dev, the model
+    # cache and the hidden course folder (read-only, or inside /tmp when the course lies there).
+    cache = settings["env"]["COURSE_CACHE_DIR"]
+    left = ["/tmp/left_by_a", "/dev/shm/left_by_a", "../left_by_a", "/dev/left_by_a", f"{cache}/left_by_a",
+            f"{REPO}/left_by_a"]
+    look = f"LEFT_BY_A = {left!r}\n" + LOOK_AROUND
+    first, texts_a, errors_a = _run(settings, look, LEAVE_THINGS_BEHIND, READ_THE_ZYGOTE)
+    second, texts_b, errors_b = _run(settings, look)
     assert first.kernel == second.kernel == "warm", (first.failure, second.failure)
     assert errors_a == [[], [], []] and errors_b == [[]]
-    assert texts_a[1] == "", "only /tmp, /dev/shm and its own folder are writable: " + texts_a[1]
+    assert "wrote /dev/" not in texts_a[1] and f"wrote {cache}" not in texts_a[1], texts_a[1]
     a, b = eval(texts_a[0]), eval(texts_b[0])
     assert texts_a[2].strip() == "refused: PermissionError", "a kernel must not read the zygote's memory"
     # Nothing of the first student's kernel is left: no process, no file in /tmp, /dev/shm or next to the task folder.
-    assert b["processes"] == [] and b["tmp"] == [] and b["shm"] == [] and b["siblings"] == [], b
+    assert b["processes"] == [] and b["left"] == [] and b["shm"] == [] and b["siblings"] == [], b
+    assert b["tmp"] == a["tmp"], "/tmp holds only the sandbox's own mount points, as for the first kernel"
     assert a["home_is_cwd"] and b["home_is_cwd"]
     # Every child draws its own random numbers, as fresh processes do (not the zygote's stream).
     assert a["draws"][0] != b["draws"][0] and a["draws"][1] != b["draws"][1]

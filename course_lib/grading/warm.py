@@ -393,9 +393,14 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
+    """Delete `path`, but nothing under a mount point inside it (the sandbox's own binds)."""
     try:
+        if os.path.ismount(path):
+            return
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+            for entry in _entries(path):
+                _remove(entry)
+            path.rmdir()  # fails, harmlessly, when a mount point is left inside
         else:
             path.unlink()
     except OSError:
