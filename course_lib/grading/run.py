@@ -148,16 +148,21 @@ def kernel_env(work: Path, extra: dict | None = None) -> dict:
     return env
 
 
-def _prepare_work(work: Path, kind: str) -> None:
-    (work / "tmp").mkdir(parents=True, exist_ok=True)
-    (work / ".mpl").mkdir(exist_ok=True)
-    try:  # matplotlib's font list, so every kernel does not rebuild it (a few seconds)
+def copy_font_cache(folder: Path) -> None:
+    """Matplotlib's font list into `folder` (a kernel's MPLCONFIGDIR), so no kernel rebuilds it (a few seconds)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
         import matplotlib
 
         for font_list in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
-            shutil.copy(font_list, work / ".mpl" / font_list.name)
+            shutil.copy(font_list, folder / font_list.name)
     except Exception:
         pass
+
+
+def _prepare_work(work: Path, kind: str) -> None:
+    (work / "tmp").mkdir(parents=True, exist_ok=True)
+    copy_font_cache(work / ".mpl")
     if kind == "nobody":
         from course_lib.grading.sandbox import NOBODY
 

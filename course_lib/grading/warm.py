@@ -94,7 +94,7 @@ class WarmKernels:
     """One zygote, started in the sandbox of `settings`, serving one task at a time."""
 
     def __init__(self, settings) -> None:
-        from course_lib.grading.run import kernel_env
+        from course_lib.grading.run import copy_font_cache, kernel_env
 
         self.root = Path(tempfile.mkdtemp(prefix="cg-warm-"))
         self.tasks = self.root / "tasks"  # each task's scratch folder is made in here
@@ -102,7 +102,7 @@ class WarmKernels:
         for folder in (self.tasks, self.home, self.root / "ctl"):
             folder.mkdir()
         self.socket_path = str(self.root / "ctl" / "zygote.sock")  # never visible in the sandbox
-        _copy_font_cache(self.home / ".mpl")
+        copy_font_cache(self.home / ".mpl")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.socket_path)
         listener.listen(4)
@@ -213,17 +213,6 @@ def stop_all() -> None:
         stop(warm)
 
 
-def _copy_font_cache(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    try:  # so the zygote does not rebuild matplotlib's font list (a few seconds)
-        import matplotlib
-
-        for font_list in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
-            shutil.copy(font_list, folder / font_list.name)
-    except Exception:
-        pass
-
-
 # ---------------------------------------------------------------------------- zygote side
 
 def serve(listen_fd: int, tasks: Path, home: Path) -> None:
@@ -266,6 +255,8 @@ def _serve_one(listener: socket.socket, conn: socket.socket, tasks: Path, home: 
     while len(data) < _LENGTH_BYTES or len(data) < _LENGTH_BYTES + int.from_bytes(data[:_LENGTH_BYTES], "big"):
         more = conn.recv(1 << 16)
         if not more:
+            for fd in fds:
+                os.close(fd)
             return
         data += more
     request = json.loads(data[_LENGTH_BYTES:])
